@@ -1,0 +1,773 @@
+#!/usr/bin/env python3
+"""Write a realistic, deterministic multi-vantage LVS trace for the benchmark.
+
+    python bench/make_trace.py --frames 1000000 --out bench/out/trace-1000000.pcapng [--seed 1]
+                               [--mode nat|dr] [--format pcapng|pcap] [--split]
+
+The trace is what one dumpcap on the lab host would write while watching four veth ends:
+
+    p-client   the site router's upstream link  (clients 198.18.0.0/15 arrive here, from 02:00:00:00:0a:01)
+    p-dir-c    router <-> director, client side  (VIP 203.0.113.100 on the director, 02:00:00:00:00:02)
+    p-dir-r    director <-> real servers          (DIP 192.0.2.1, RIPs 192.0.2.11-14, 02:00:00:00:00:11-14)
+    p-rs1      real server 1's own interface     (only RS1's traffic and the segment's broadcasts)
+
+Traffic: HTTP/1.1 over TCP to 203.0.113.100:80 (handshake with MSS/SACK-permitted/timestamps/window
+scale, 1-3 requests per connection with keep-alive, responses of log-normal size cut into 1448-byte
+segments sent in slow-start rounds, delayed ACKs, FIN or RST), DNS over UDP to 203.0.113.100:53 (the
+same virtual service machinery), a few pings to the VIP answered by the director, and ARP on every
+segment.  Each packet appears at every vantage point it crosses, with the rewrites of the mode:
+NAT: VIP->RIP on the D->R hop and RIP->VIP on the way back, TTL-1 per router hop and on D->R (kernel
+>= 4.10), MACs per segment, IP and L4 checksums recomputed.  DR: MACs and TTL only on D->R, replies
+go from the real server straight to the router.  Blocks are written in dumpcap's order: each
+interface in time order, interfaces interleaved in per-interface batches (so not in strict time order
+across interfaces).  Only documentation addresses and locally administered MACs are used.
+
+Speed: packets are never objects.  Each logical packet is a row of numpy columns; each observation
+(packet x vantage point) is a row of a fixed-width uint8 header matrix filled column by column
+through big-endian views; checksums are vectorised sums (payloads through a prefix sum of the
+payload pool); the file is written as joins of header slices, payload slices and block trailers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+EPOCH_NS = 1_714_564_800 * 1_000_000_000          # 2024-05-01T12:00:00Z, fixed: output is deterministic
+US = 1_000
+MS = 1_000_000
+MSS = 1460
+SEG = MSS - 12                                    # payload per full segment with the timestamp option
+IW = 10                                           # initial congestion window, segments
+
+
+def _mac(s: str) -> int:
+    return int(s.replace(":", ""), 16)
+
+
+def _ip(s: str) -> int:
+    a, b, c, d = (int(x) for x in s.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+BROADCAST = 0xFFFF_FFFF_FFFF
+UPSTREAM = _mac("02:00:00:00:0a:01")   # upstream router (clients come through it)
+GW_UP = _mac("02:00:00:00:01:01")      # site router, upstream side (198.51.100.2)
+GW_DIR = _mac("02:00:00:00:01:02")     # site router, director side (203.0.113.1)
+GW_RS = _mac("02:00:00:00:01:03")      # site router, real-server side (192.0.2.254; DR return path)
+DIR_EXT = _mac("02:00:00:00:00:02")    # director, client side (203.0.113.2 + VIP)
+DIR_INT = _mac("02:00:00:00:00:03")    # director, real-server side (192.0.2.1)
+RS_MACS = np.array([_mac(f"02:00:00:00:00:{0x11 + k:02x}") for k in range(4)], dtype=np.uint64)
+RIPS = np.array([_ip(f"192.0.2.{11 + k}") for k in range(4)], dtype=np.uint64)
+VIP = _ip("203.0.113.100")
+UPSTREAM_IP, GW_UP_IP = _ip("198.51.100.1"), _ip("198.51.100.2")
+GW_DIR_IP, DIR_EXT_IP = _ip("203.0.113.1"), _ip("203.0.113.2")
+DIP, GW_RS_IP = _ip("192.0.2.1"), _ip("192.0.2.254")
+CLIENT_NET = _ip("198.18.0.0")         # 198.18.0.0/15
+HTTP_PORT, DNS_PORT = 80, 53
+
+VANTAGES = ("p-client", "p-dir-c", "p-dir-r", "p-rs1")
+V_CLIENT, V_DIRC, V_DIRR, V_RS1 = range(4)
+V_HOST_MAC = (GW_UP, DIR_EXT, DIR_INT, int(RS_MACS[0]))   # whose interface each vantage is
+V_SEGMENT = (0, 1, 2, 2)
+
+K_TCP, K_UDP, K_ICMP, K_ARP = range(4)
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+# header matrix layout: 28 bytes of block header (pcapng EPB; pcap uses its last 16), then the frame
+PRE = 28
+ETH = PRE
+IP4 = ETH + 14
+L4 = IP4 + 20
+W = L4 + 40                                      # widest header: TCP with the SYN options
+HL_TCP, HL_SYN, HL_SMALL = 66, 74, 42            # frame header length per class (UDP, ICMP, ARP: 42)
+
+
+# ---------------------------------------------------------------------------------------- payloads
+class Pool:
+    """All payload bytes, each template at an even offset, plus a prefix sum of its 16-bit words."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, b: bytes) -> tuple[int, int]:
+        off = self.size
+        self.parts.append(b)
+        self.size += len(b)
+        if self.size & 1:
+            self.parts.append(b"\0")
+            self.size += 1
+        return off, len(b)
+
+    def freeze(self):
+        self.data = b"".join(self.parts) + b"\0\0"
+        words = np.frombuffer(self.data[: len(self.data) & ~1], dtype=">u2").astype(np.uint64)
+        self.prefix = np.concatenate(([np.uint64(0)], np.cumsum(words, dtype=np.uint64)))
+        self.bytes_ = np.frombuffer(self.data, dtype=np.uint8)
+
+    def word_sum(self, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Ones-complement-ready sum of the big-endian 16-bit words of pool[start:start+length]."""
+        s = start.astype(np.int64) // 2
+        full = length.astype(np.int64) // 2
+        total = self.prefix[s + full] - self.prefix[s]
+        odd = (length & 1).astype(bool)
+        last = self.bytes_[(start + length - 1)[odd].astype(np.int64)].astype(np.uint64) << np.uint64(8)
+        total[odd] += last
+        return total
+
+
+_WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut "
+          "labore et dolore magna aliqua enim ad minim veniam quis nostrud exercitation ullamco laboris "
+          "nisi aliquip ex ea commodo consequat duis aute irure in reprehenderit voluptate velit esse "
+          "cillum fugiat nulla pariatur excepteur sint occaecat cupidatat non proident sunt culpa qui "
+          "officia deserunt mollit anim id est laborum").split()
+
+
+def build_pool(rng: np.random.Generator):
+    pool = Pool()
+    # a body text to cut responses from: HTML-ish words
+    words = rng.choice(np.array(_WORDS), size=160_000)
+    text = " ".join(words.tolist())
+    body = ("<html><head><title>lvs-inspect bench</title></head><body><p>" + text).encode()
+    paths = ["/", "/index.html", "/static/app.js", "/static/style.css", "/api/v1/items", "/img/logo.png",
+             "/api/v1/session", "/search", "/healthz", "/favicon.ico"]
+    agents = ["curl/7.88.1", "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0",
+              "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+              "python-requests/2.31.0", "Wget/1.21.3"]
+    req = []
+    for i in range(512):
+        cookie = "".join(rng.choice(list("0123456789abcdef"), size=int(rng.integers(0, 640))).tolist())
+        r = (f"GET {paths[i % len(paths)]}?id={i} HTTP/1.1\r\nHost: www.example.com\r\n"
+             f"User-Agent: {agents[i % len(agents)]}\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
+             + (f"Cookie: session={cookie}\r\n" if cookie else "") + "Connection: keep-alive\r\n\r\n")
+        req.append(pool.add(r.encode()))
+    resp = []
+    sizes = np.clip(rng.lognormal(np.log(1500), 1.25, size=512), 40, 180_000).astype(int)
+    for i, n in enumerate(sizes.tolist()):
+        ctype = ("text/html", "application/json", "text/css", "application/javascript", "image/png")[i % 5]
+        hdr = (f"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 01 May 2024 12:00:00 GMT\r\n"
+               f"Content-Type: {ctype}\r\nContent-Length: {n}\r\nConnection: keep-alive\r\n\r\n").encode()
+        start = int(rng.integers(0, len(body) - n - 1))
+        resp.append(pool.add(hdr + body[start:start + n]))
+    dns_q, dns_r = [], []
+    for i in range(64):
+        name = f"svc{i}.example.com"
+        qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        qid = (i * 7919 + 17) & 0xFFFF
+        opt = b"\0\0\x29\x04\xd0\0\0\0\0\0\0"
+        q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 1) + qname + struct.pack(">HH", 1, 1) + opt
+        n_an = 1 + i % 4
+        ans = b"".join(struct.pack(">HHHIH4s", 0xC00C, 1, 1, 300, 4, bytes([203, 0, 113, 100 + a]))
+                       for a in range(n_an))
+        r = struct.pack(">HHHHHH", qid, 0x8180, 1, n_an, 0, 1) + qname + struct.pack(">HH", 1, 1) + ans + opt
+        dns_q.append(pool.add(q))
+        dns_r.append(pool.add(r))
+    ping = pool.add(struct.pack("<QQ", 1_714_564_800, 0) + bytes(range(0x10, 0x38)))
+    pool.freeze()
+    arr = lambda lst: (np.array([a for a, _ in lst], dtype=np.int64), np.array([b for _, b in lst], dtype=np.int64))
+    return pool, arr(req), arr(resp), arr(dns_q), arr(dns_r), ping
+
+
+# ------------------------------------------------------------------------------- logical packets
+class Cols:
+    """Column-wise accumulator: add(**arrays) per packet group, then concat()."""
+
+    def __init__(self):
+        self.groups: list[dict] = []
+
+    def add(self, n: int, **cols):
+        self.groups.append({k: np.broadcast_to(np.asarray(v), (n,)) for k, v in cols.items()} | {"_n": n})
+
+    def concat(self, defaults: dict) -> dict:
+        names = set(defaults)
+        out = {}
+        for name in names:
+            dt = defaults[name][1]
+            out[name] = np.concatenate([g[name].astype(dt) if name in g else
+                                        np.full(g["_n"], defaults[name][0], dtype=dt)
+                                        for g in self.groups])
+        return out
+
+
+LOGICAL = {  # name: (default, dtype)
+    "kind": (K_TCP, np.uint8), "dir": (0, np.uint8), "td": (0, np.int64), "conn": (-1, np.int64),
+    "cip": (0, np.uint64), "cport": (0, np.uint16), "vport": (0, np.uint16), "rs": (-1, np.int8),
+    "ttl0": (64, np.uint8), "flags": (0, np.uint16), "seq": (0, np.uint64), "ack": (0, np.uint64),
+    "win": (0, np.uint16), "tsval": (0, np.uint64), "tsecr": (0, np.uint64), "syn_opts": (0, np.uint8),
+    "wscale": (7, np.uint8), "ip_id": (0, np.uint16), "df": (1, np.uint8),
+    "pl_start": (0, np.int64), "pl_len": (0, np.int64),
+    "icmp_type": (0, np.uint8), "icmp_id": (0, np.uint16), "icmp_seq": (0, np.uint16),
+    "arp_op": (0, np.uint16), "arp_sha": (0, np.uint64), "arp_spa": (0, np.uint64),
+    "arp_tha": (0, np.uint64), "arp_tpa": (0, np.uint64), "arp_dst": (0, np.uint64), "seg": (0, np.uint8),
+}
+
+
+def _grp_rank(keys: list[np.ndarray]) -> np.ndarray:
+    """0-based rank of each row within its group (groups = equal keys[:-1], ordered by keys[-1])."""
+    order = np.lexsort(keys[::-1])
+    n = len(order)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sk = [k[order] for k in keys[:-1]]
+    new = np.ones(n, dtype=bool)
+    new[1:] = np.zeros(n - 1, dtype=bool)
+    for k in sk:
+        new[1:] |= k[1:] != k[:-1]
+    starts = np.flatnonzero(new)
+    idx = np.arange(n)
+    rank_sorted = idx - np.repeat(starts, np.diff(np.append(starts, n)))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = rank_sorted
+    return rank
+
+
+def gen_logical(seed: int, n_conn: int, mode: str):
+    """All packets once, at the director (td = time at the director, ns from the trace start)."""
+    rng = np.random.default_rng(seed)
+    pool, (req_off, req_len), (rsp_off, rsp_len), (dq_off, dq_len), (dr_off, dr_len), ping = build_pool(rng)
+    L = Cols()
+    C = n_conn
+    # --- clients and connections
+    n_clients = 5000
+    c_ip = CLIENT_NET + rng.choice(np.arange(1, 131_070, dtype=np.uint64), size=n_clients, replace=False)
+    c_ttl0 = np.where(rng.random(n_clients) < 0.75, 64, 128) - rng.integers(4, 19, n_clients)
+    cl = rng.integers(0, n_clients, C)
+    cip = c_ip[cl]
+    ttl0 = c_ttl0[cl].astype(np.uint8)
+    cport = rng.integers(32768, 61000, C).astype(np.uint16)
+    rs = (np.arange(C) % 4).astype(np.int8)                    # scheduler rr
+    t0 = np.cumsum(rng.exponential(1e9 / 3000.0, C)).astype(np.int64) + 5 * MS
+    rtt_c = np.clip(rng.lognormal(np.log(20 * MS), 0.8, C), 1 * MS, 300 * MS).astype(np.int64)
+    rtt_s = rng.integers(80 * US, 400 * US, C)
+    proc = np.clip(rng.lognormal(np.log(0.6 * MS), 1.0, C), 50 * US, 80 * MS).astype(np.int64)
+    isn_c = rng.integers(0, 1 << 32, C, dtype=np.uint64)
+    isn_s = rng.integers(0, 1 << 32, C, dtype=np.uint64)
+    tsb_c = rng.integers(0, 1 << 31, C, dtype=np.uint64)
+    tsb_s = rng.integers(0, 1 << 31, C, dtype=np.uint64)
+    win_c = rng.integers(501, 2049, C)
+    win_s = rng.integers(501, 1025, C)
+    ws_c = rng.choice(np.array([7, 8, 9, 10]), C)
+    nex = rng.choice(np.array([1, 2, 3]), C, p=[0.6, 0.25, 0.15])
+    rst = rng.random(C) < 0.02
+
+    t_syn = t0
+    t_synack = t0 + rtt_s
+    t_ack = t_synack + rtt_c
+
+    # TCP timestamps: both clocks tick in ms from the connection's start (each from its own random
+    # base); the echo is the peer's clock when it sent the latest packet that had arrived by then.
+    def c2s_ts(c, t, syn=False):
+        tv = tsb_c[c] + ((t - t0[c]) // MS).astype(np.uint64)
+        te = tsb_s[c] + (np.maximum(t - t0[c] - rtt_c[c], rtt_s[c]) // MS).astype(np.uint64)
+        return tv, (np.zeros_like(te) if syn else te)
+
+    def s2c_ts(c, t):
+        tv = tsb_s[c] + ((t - t0[c]) // MS).astype(np.uint64)
+        te = tsb_c[c] + (np.maximum(t - t0[c] - rtt_s[c], 0) // MS).astype(np.uint64)
+        return tv, te
+
+    tcp = dict(kind=K_TCP, vport=HTTP_PORT)
+    c_all = np.arange(C)
+    # handshake
+    tv, te = c2s_ts(c_all, t_syn, syn=True)
+    L.add(C, **tcp, dir=0, td=t_syn, conn=c_all, flags=SYN, seq=isn_c, ack=0, win=64240, tsval=tv, tsecr=te,
+          syn_opts=1, wscale=ws_c)
+    tv, te = s2c_ts(c_all, t_synack)
+    L.add(C, **tcp, dir=1, td=t_synack, conn=c_all, flags=SYN | ACK, seq=isn_s, ack=isn_c + 1, win=65160,
+          tsval=tv, tsecr=te, syn_opts=1, wscale=7)
+    tv, te = c2s_ts(c_all, t_ack)
+    L.add(C, **tcp, dir=0, td=t_ack, conn=c_all, flags=ACK, seq=isn_c + 1, ack=isn_s + 1, win=win_c,
+          tsval=tv, tsecr=te)
+
+    # exchanges, one round at a time (at most 3 per connection)
+    qcum = np.zeros(C, dtype=np.uint64)
+    rcum = np.zeros(C, dtype=np.uint64)
+    t_end = t_ack.copy()
+    for k in range(3):
+        c = np.flatnonzero(nex > k)
+        if len(c) == 0:
+            break
+        think = np.where(k == 0, 20 * US, rng.integers(1 * MS, 60 * MS, len(c)))
+        t_req = t_end[c] + think
+        qi = rng.integers(0, len(req_off), len(c))
+        ri = rng.integers(0, len(rsp_off), len(c))
+        q, r = req_len[qi], rsp_len[ri]
+        # request
+        tv, te = c2s_ts(c, t_req)
+        L.add(len(c), **tcp, dir=0, td=t_req, conn=c, flags=PSH | ACK, seq=isn_c[c] + 1 + qcum[c],
+              ack=isn_s[c] + 1 + rcum[c], win=win_c[c], tsval=tv, tsecr=te, pl_start=req_off[qi], pl_len=q)
+        q_after = qcum[c] + q.astype(np.uint64)
+        # the server's pure ACK of the request (when it takes its time to answer)
+        pa = proc[c] > 1 * MS
+        cp = c[pa]
+        tv, te = s2c_ts(cp, t_req[pa] + rtt_s[cp])
+        L.add(len(cp), **tcp, dir=1, td=t_req[pa] + rtt_s[cp], conn=cp, flags=ACK, seq=isn_s[cp] + 1 + rcum[cp],
+              ack=isn_c[cp] + 1 + q_after[pa], win=win_s[cp], tsval=tv, tsecr=te)
+        # response segments in slow-start rounds
+        nseg = (r + SEG - 1) // SEG
+        e = np.repeat(np.arange(len(c)), nseg)
+        j = np.arange(len(e)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+        rnd = np.floor(np.log2(j / IW + 1)).astype(np.int64)
+        t_first = t_req + rtt_s[c] + proc[c]
+        ce = c[e]
+        t_seg = t_first[e] + rnd * rtt_c[ce] + (j - IW * (2 ** rnd - 1)) * 12 * US
+        seg_len = np.minimum(SEG, r[e] - j * SEG)
+        last = j == nseg[e] - 1
+        tv, te = s2c_ts(ce, t_seg)
+        L.add(len(e), **tcp, dir=1, td=t_seg, conn=ce, flags=np.where(last, PSH | ACK, ACK),
+              seq=isn_s[ce] + 1 + rcum[ce] + (j * SEG).astype(np.uint64), ack=isn_c[ce] + 1 + q_after[e],
+              win=win_s[ce], tsval=tv, tsecr=te, pl_start=rsp_off[ri][e] + j * SEG, pl_len=seg_len)
+        # delayed ACKs: every second segment and the last one
+        am = (j % 2 == 1) | last
+        ea, ja = e[am], j[am]
+        ca = c[ea]
+        t_a = t_seg[am] + rtt_c[ca]
+        tv, te = c2s_ts(ca, t_a)
+        acked = np.minimum((ja + 1) * SEG, r[ea]).astype(np.uint64)
+        L.add(len(ea), **tcp, dir=0, td=t_a, conn=ca, flags=ACK, seq=isn_c[ca] + 1 + q_after[ea],
+              ack=isn_s[ca] + 1 + rcum[ca] + acked, win=win_c[ca], tsval=tv, tsecr=te)
+        last_t = np.zeros(len(c), dtype=np.int64)
+        np.maximum.at(last_t, ea, t_a)
+        t_end[c] = last_t
+        qcum[c] = q_after
+        rcum[c] += r.astype(np.uint64)
+
+    # close: client FIN, server FIN, last ACK; or a client RST
+    t_close = t_end + rng.integers(500 * US, 20 * MS, C)
+    cf = np.flatnonzero(~rst)
+    cr = np.flatnonzero(rst)
+    tv, te = c2s_ts(cr, t_close[cr])
+    L.add(len(cr), **tcp, dir=0, td=t_close[cr], conn=cr, flags=RST | ACK, seq=isn_c[cr] + 1 + qcum[cr],
+          ack=isn_s[cr] + 1 + rcum[cr], win=0, tsval=tv, tsecr=te)
+    tf = t_close[cf]
+    tv, te = c2s_ts(cf, tf)
+    L.add(len(cf), **tcp, dir=0, td=tf, conn=cf, flags=FIN | ACK, seq=isn_c[cf] + 1 + qcum[cf],
+          ack=isn_s[cf] + 1 + rcum[cf], win=win_c[cf], tsval=tv, tsecr=te)
+    tf2 = tf + rtt_s[cf]
+    tv, te = s2c_ts(cf, tf2)
+    L.add(len(cf), **tcp, dir=1, td=tf2, conn=cf, flags=FIN | ACK, seq=isn_s[cf] + 1 + rcum[cf],
+          ack=isn_c[cf] + 2 + qcum[cf], win=win_s[cf], tsval=tv, tsecr=te)
+    tf3 = tf2 + rtt_c[cf]
+    tv, te = c2s_ts(cf, tf3)
+    L.add(len(cf), **tcp, dir=0, td=tf3, conn=cf, flags=ACK, seq=isn_c[cf] + 2 + qcum[cf],
+          ack=isn_s[cf] + 2 + rcum[cf], win=win_c[cf], tsval=tv, tsecr=te)
+
+    duration = int(t0[-1]) + 50 * MS
+    # --- DNS over UDP to the VIP (same virtual-service rewrites), ~60 queries/s
+    nd = max(1, duration * 60 // 1_000_000_000)
+    td_q = np.sort(rng.integers(0, duration, nd))
+    dcl = rng.integers(0, n_clients, nd)
+    dport_c = rng.integers(32768, 61000, nd)
+    drs = rng.integers(0, 4, nd)
+    di = rng.integers(0, len(dq_off), nd)
+    d_rtt = rng.integers(80 * US, 400 * US, nd) + rng.integers(50 * US, 2 * MS, nd)
+    udp = dict(kind=K_UDP, vport=DNS_PORT, cip=c_ip[dcl], cport=dport_c, rs=drs, ttl0=c_ttl0[dcl])
+    L.add(nd, **udp, dir=0, td=td_q, ip_id=rng.integers(0, 65536, nd), pl_start=dq_off[di], pl_len=dq_len[di])
+    L.add(nd, **udp, dir=1, td=td_q + d_rtt, ip_id=rng.integers(0, 65536, nd), df=0,
+          pl_start=dr_off[di], pl_len=dr_len[di])
+    # --- pings to the VIP, answered by the director (~4/s)
+    npg = max(1, duration * 4 // 1_000_000_000)
+    td_p = np.sort(rng.integers(0, duration, npg))
+    pcl = rng.integers(0, n_clients, npg)
+    pid = rng.integers(1, 65536, npg)
+    pseq = rng.integers(1, 200, npg)
+    icmp = dict(kind=K_ICMP, cip=c_ip[pcl], ttl0=c_ttl0[pcl], icmp_id=pid, icmp_seq=pseq,
+                pl_start=ping[0], pl_len=ping[1])
+    L.add(npg, **icmp, dir=0, td=td_p, icmp_type=8, ip_id=rng.integers(0, 65536, npg))
+    L.add(npg, **icmp, dir=1, td=td_p + rng.integers(40 * US, 200 * US, npg), icmp_type=0,
+          ip_id=rng.integers(0, 65536, npg), df=0)
+    # --- ARP on every segment, each pair about once a second
+    pairs = [  # (segment, asker mac, asker ip, target mac, target ip)
+        (0, UPSTREAM, UPSTREAM_IP, GW_UP, GW_UP_IP),
+        (1, GW_DIR, GW_DIR_IP, DIR_EXT, VIP),
+        (1, DIR_EXT, DIR_EXT_IP, GW_DIR, GW_DIR_IP),
+    ] + [(2, DIR_INT, DIP, int(RS_MACS[k]), int(RIPS[k])) for k in range(4)]
+    if mode == "dr":
+        pairs.append((2, int(RS_MACS[0]), int(RIPS[0]), GW_RS, GW_RS_IP))
+    na = max(1, duration // 1_000_000_000)
+    for seg, amac, aip, tmac, tip in pairs:
+        ta = np.sort(rng.integers(0, duration, na))
+        arp = dict(kind=K_ARP, seg=seg, df=0)
+        L.add(na, **arp, td=ta, arp_op=1, arp_sha=amac, arp_spa=aip, arp_tha=0, arp_tpa=tip, arp_dst=BROADCAST)
+        L.add(na, **arp, td=ta + rng.integers(20 * US, 300 * US, na), arp_op=2, arp_sha=tmac, arp_spa=tip,
+              arp_tha=amac, arp_tpa=aip, arp_dst=amac)
+
+    P = L.concat(LOGICAL)
+    # fill per-connection columns of the TCP rows
+    t = P["kind"] == K_TCP
+    ct = P["conn"][t]
+    P["cip"][t] = cip[ct]
+    P["cport"][t] = cport[ct]
+    P["rs"][t] = rs[ct]
+    P["ttl0"][t] = ttl0[ct]
+    # Linux IP IDs: per socket, a random start incremented per packet (direction = socket)
+    rank = _grp_rank([P["conn"][t], P["dir"][t], P["td"][t]])
+    base = np.where(P["dir"][t] == 0, isn_c[ct] >> np.uint64(7), isn_s[ct] >> np.uint64(11))
+    P["ip_id"][t] = ((base + rank.astype(np.uint64)) & np.uint64(0xFFFF)).astype(np.uint16)
+    P["seq"] &= np.uint64(0xFFFF_FFFF)
+    P["ack"] &= np.uint64(0xFFFF_FFFF)
+    P["tsval"] &= np.uint64(0xFFFF_FFFF)
+    P["tsecr"] &= np.uint64(0xFFFF_FFFF)
+    return P, pool
+
+
+# ---------------------------------------------------------------------------- vantage expansion
+def observe(P: dict, mode: str, rng: np.random.Generator) -> dict:
+    """Every (logical packet, vantage point) pair that is captured, with the per-hop rewrites."""
+    kind, d, rs = P["kind"], P["dir"], P["rs"]
+    svc = (kind == K_TCP) | (kind == K_UDP)
+    icmp = kind == K_ICMP
+    arp = kind == K_ARP
+    c2s, s2c = d == 0, d == 1
+    rs_mac = np.where(rs >= 0, RS_MACS[np.maximum(rs, 0)], 0)
+    rip = np.where(rs >= 0, RIPS[np.maximum(rs, 0)], 0)
+    cip, ttl0 = P["cip"], P["ttl0"].astype(np.int64)
+    n = len(kind)
+    z = np.zeros(n, dtype=np.uint64)
+    nat = mode == "nat"
+    out = []
+
+    def arp_seen(v):
+        host = np.uint64(V_HOST_MAC[v])
+        dst = P["arp_dst"]
+        return arp & (P["seg"] == V_SEGMENT[v]) & ((dst == BROADCAST) | (dst == host) | (P["arp_sha"] == host))
+
+    def emit(v, m, off, esrc, edst, isrc, idst, ttl):
+        idx = np.flatnonzero(m)
+        pick = lambda a: a[idx] if np.ndim(a) else np.full(len(idx), a)
+        jitter = rng.integers(0, 3 * US, len(idx))
+        out.append(dict(lidx=idx, iface=np.full(len(idx), v, dtype=np.uint16),
+                        ts=P["td"][idx] + pick(off) + jitter,
+                        eth_src=pick(esrc).astype(np.uint64), eth_dst=pick(edst).astype(np.uint64),
+                        ip_src=pick(isrc).astype(np.uint64), ip_dst=pick(idst).astype(np.uint64),
+                        ttl=pick(ttl).astype(np.uint8)))
+
+    asha, adst = P["arp_sha"], P["arp_dst"]
+    # p-client: the site router's upstream link
+    s2c_ttl_client = np.where(icmp, 63, 62 if nat else 63)
+    m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
+    emit(V_CLIENT, m,
+         np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
+         np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
+         np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
+         np.where(c2s, ttl0, s2c_ttl_client))
+    # p-dir-c: router <-> director
+    m = (svc & (c2s | nat)) | icmp | arp_seen(V_DIRC)
+    emit(V_DIRC, m, 0,
+         np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
+         np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
+         np.where(c2s, ttl0 - 1, np.where(icmp, 64, 63)))
+    # p-dir-r: director <-> real servers
+    for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
+        m = svc & (c2s | nat)
+        if only_rs1:
+            m &= rs == 0
+        m |= arp_seen(v)
+        hop = (20 if only_rs1 else 15) * US          # D->R wire time; RS1 sees a little later
+        emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
+             np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
+             np.where(c2s, cip, rip if nat else VIP), np.where(c2s, rip if nat else VIP, cip),
+             np.where(c2s, ttl0 - 2, 64))
+    if not nat:  # DR: replies leave the real server for the router (seen on RS1's own interface)
+        m = svc & s2c & (rs == 0)
+        emit(V_RS1, m, -20 * US, rs_mac, GW_RS, VIP, cip, 64)
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def write_order(O: dict, rng: np.random.Generator) -> np.ndarray:
+    """dumpcap's block order: per interface in time order, interfaces flushed in batches."""
+    ts, iface = O["ts"], O["iface"].astype(np.int64)
+    period = np.array([2 * MS, 3 * MS, 2 * MS, 5 * MS])[iface]
+    phase = np.array([int(x) for x in rng.integers(0, 2 * MS, 4)])[iface]
+    flush = ((ts - phase) // period + 1) * period + phase
+    return np.lexsort((ts, iface, flush))
+
+
+# ------------------------------------------------------------------------------------- writing
+@dataclass
+class Built:
+    H: np.ndarray         # (n, W) uint8 headers, block header in the first PRE bytes
+    hl: np.ndarray        # frame header length per row
+    pl_start: np.ndarray
+    pl_len: np.ndarray
+    caplen: np.ndarray
+    ts: np.ndarray        # ns since the epoch
+    iface: np.ndarray
+
+
+def _fold(s: np.ndarray) -> np.ndarray:
+    for _ in range(3):
+        s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
+    return (~s) & np.uint64(0xFFFF)
+
+
+def build_headers(P: dict, O: dict, pool: Pool) -> Built:
+    li = O["lidx"]
+    g = lambda name: P[name][li]
+    n = len(li)
+    kind = g("kind")
+    tcp, udp, icmp, arp = (kind == K_TCP), (kind == K_UDP), (kind == K_ICMP), (kind == K_ARP)
+    syn = tcp & (g("syn_opts") == 1)
+    d = g("dir")
+    pl_len = g("pl_len").astype(np.int64)
+    pl_start = g("pl_start").astype(np.int64)
+    hl = np.where(syn, HL_SYN, np.where(tcp, HL_TCP, HL_SMALL)).astype(np.int64)
+    caplen = hl + pl_len
+    H = np.zeros((n, W), dtype=np.uint8)
+    u64 = np.uint64
+    # Ethernet
+    ew = H[:, ETH:ETH + 14].view(">u2")
+    for i, name in ((0, "eth_dst"), (3, "eth_src")):
+        mac = O[name]
+        ew[:, i] = (mac >> u64(32)) & u64(0xFFFF)
+        ew[:, i + 1] = (mac >> u64(16)) & u64(0xFFFF)
+        ew[:, i + 2] = mac & u64(0xFFFF)
+    ew[:, 6] = np.where(arp, 0x0806, 0x0800)
+    # IPv4
+    proto = np.where(tcp, 6, np.where(udp, 17, 1)).astype(np.uint64)
+    iw = H[:, IP4:IP4 + 20].view(">u2")
+    iw[:, 0] = 0x4500
+    iw[:, 1] = caplen - 14
+    iw[:, 2] = g("ip_id")
+    iw[:, 3] = np.where(g("df") == 1, 0x4000, 0)
+    iw[:, 4] = (O["ttl"].astype(np.uint64) << u64(8)) | proto
+    src, dst = O["ip_src"], O["ip_dst"]
+    iw[:, 6], iw[:, 7] = src >> u64(16), src & u64(0xFFFF)
+    iw[:, 8], iw[:, 9] = dst >> u64(16), dst & u64(0xFFFF)
+    iw[:, 5] = _fold(iw.sum(axis=1, dtype=np.uint64))
+    # TCP (written for every row, overwritten below for UDP/ICMP/ARP)
+    sport = np.where(d == 0, g("cport"), g("vport")).astype(np.uint64)
+    dport = np.where(d == 0, g("vport"), g("cport")).astype(np.uint64)
+    seq, ack, tv, te = g("seq"), g("ack"), g("tsval"), g("tsecr")
+    tw = H[:, L4:L4 + 40].view(">u2")
+    tw[:, 0], tw[:, 1] = sport, dport
+    tw[:, 2], tw[:, 3] = seq >> u64(16), seq & u64(0xFFFF)
+    tw[:, 4], tw[:, 5] = ack >> u64(16), ack & u64(0xFFFF)
+    tw[:, 6] = (np.where(syn, 10, 8).astype(np.uint64) << u64(12)) | g("flags").astype(np.uint64)
+    tw[:, 7] = g("win")
+    tw[:, 10], tw[:, 11] = 0x0101, 0x080A
+    tw[:, 12], tw[:, 13] = tv >> u64(16), tv & u64(0xFFFF)
+    tw[:, 14], tw[:, 15] = te >> u64(16), te & u64(0xFFFF)
+    s = np.flatnonzero(syn)
+    if len(s):
+        sw = tw[s]
+        sw[:, 10], sw[:, 11], sw[:, 12], sw[:, 13] = 0x0204, MSS, 0x0402, 0x080A
+        sw[:, 14], sw[:, 15] = tv[s] >> u64(16), tv[s] & u64(0xFFFF)
+        sw[:, 16], sw[:, 17] = te[s] >> u64(16), te[s] & u64(0xFFFF)
+        sw[:, 18] = 0x0103
+        sw[:, 19] = 0x0300 | g("wscale")[s].astype(np.uint64)
+        tw[s] = sw
+    # UDP / ICMP
+    sm = np.flatnonzero(udp | icmp)
+    if len(sm):
+        w4 = np.zeros((len(sm), 20), dtype=np.uint64)
+        u = udp[sm]
+        w4[:, 0] = np.where(u, sport[sm], g("icmp_type")[sm].astype(np.uint64) << u64(8))
+        w4[:, 1] = np.where(u, dport[sm], 0)
+        w4[:, 2] = np.where(u, 8 + pl_len[sm], g("icmp_id")[sm])
+        w4[:, 3] = np.where(u, 0, g("icmp_seq")[sm])
+        tw[sm] = w4
+    # L4 checksums
+    twn = tw.astype(np.uint32)
+    s4 = twn[:, :4].sum(axis=1, dtype=np.uint64)
+    s16 = s4 + twn[:, 4:16].sum(axis=1, dtype=np.uint64)
+    hsum = np.where(syn, s16 + twn[:, 16:].sum(axis=1, dtype=np.uint64), np.where(tcp, s16, s4))
+    del twn
+    l4len = (hl - 34 + pl_len).astype(np.uint64)
+    pseudo = (src >> u64(16)) + (src & u64(0xFFFF)) + (dst >> u64(16)) + (dst & u64(0xFFFF)) + proto + l4len
+    total = hsum + pool.word_sum(pl_start, pl_len) + np.where(icmp, u64(0), pseudo)
+    c = _fold(total)
+    c = np.where(udp & (c == 0), u64(0xFFFF), c)
+    tcol = np.where(tcp, 8, 1)          # TCP checksum at word 8, ICMP at word 1, UDP at word 3
+    tcol = np.where(udp, 3, tcol)
+    nz = ~arp
+    tw[np.flatnonzero(nz), tcol[nz]] = c[nz]
+    # ARP
+    a = np.flatnonzero(arp)
+    if len(a):
+        aw = np.zeros((len(a), 14), dtype=np.uint64)
+        aw[:, 0], aw[:, 1], aw[:, 2] = 1, 0x0800, 0x0604
+        aw[:, 3] = g("arp_op")[a]
+        for col, name in ((4, "arp_sha"), (9, "arp_tha")):
+            m = g(name)[a]
+            aw[:, col], aw[:, col + 1], aw[:, col + 2] = m >> u64(32), (m >> u64(16)) & u64(0xFFFF), m & u64(0xFFFF)
+        for col, name in ((7, "arp_spa"), (12, "arp_tpa")):
+            ip = g(name)[a]
+            aw[:, col], aw[:, col + 1] = ip >> u64(16), ip & u64(0xFFFF)
+        H[a, IP4:IP4 + 28] = aw.astype(">u2").view(np.uint8).reshape(len(a), 28)
+        H[a, IP4 + 28:] = 0
+    ts = (EPOCH_NS + O["ts"]).astype(np.int64)
+    return Built(H, hl, pl_start, pl_len, caplen, ts, O["iface"])
+
+
+def _opt(code: int, data: bytes) -> bytes:
+    return struct.pack("<HH", code, len(data)) + data + b"\0" * (-len(data) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+def pcapng_head(names) -> bytes:
+    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+                 + _opt(2, b"lab host (2 cores)") + _opt(3, b"Linux 6.1.0-lab")
+                 + _opt(4, b"lvs-inspect bench/make_trace.py (dumpcap order)") + _opt(0, b""))
+    idbs = b"".join(_block(1, struct.pack("<HHI", 1, 0, 262144) + _opt(2, name.encode())
+                           + _opt(9, b"\x09") + _opt(12, b"Linux 6.1.0-lab") + _opt(0, b""))
+                    for name in names)
+    return shb + idbs
+
+
+def pcapng_tail(counts, t_start, t_end) -> bytes:
+    out = []
+    for i, cnt in enumerate(counts):
+        body = (struct.pack("<III", i, t_end >> 32, t_end & 0xFFFFFFFF)
+                + _opt(2, struct.pack("<II", t_start >> 32, t_start & 0xFFFFFFFF))
+                + _opt(3, struct.pack("<II", t_end >> 32, t_end & 0xFFFFFFFF))
+                + _opt(4, struct.pack("<Q", cnt)) + _opt(5, struct.pack("<Q", 0)) + _opt(0, b""))
+        out.append(_block(5, body))
+    return b"".join(out)
+
+
+def write_frames(f, B: Built, pool: Pool, fmt: str, rows: np.ndarray, chunk: int = 65536) -> int:
+    """Write the frames of `rows` (in that order); returns bytes written."""
+    H, u32 = B.H, np.uint32
+    n = len(rows)
+    written = 0
+    data = pool.data
+    for a in range(0, n, chunk):
+        r = rows[a:a + chunk]
+        m = len(r)
+        blk = np.zeros((m, PRE), dtype=np.uint8)
+        cap = B.caplen[r]
+        ts = B.ts[r]
+        if fmt == "pcapng":
+            pad = (-cap) % 4
+            total = 32 + cap + pad
+            bw = blk.view("<u4")
+            bw[:, 0] = 6
+            bw[:, 1] = total
+            bw[:, 2] = B.iface[r]
+            bw[:, 3] = (ts >> 32).astype(u32)
+            bw[:, 4] = (ts & 0xFFFFFFFF).astype(u32)
+            bw[:, 5] = cap
+            bw[:, 6] = cap
+            trail = np.zeros((m, 8), dtype=np.uint8)
+            tv = trail.view("<u4")
+            tv[:, 1] = total                    # length at bytes 4..7; the trailer is bytes 4-pad..7
+            tb = trail.tobytes()
+            t_lo = (np.arange(m) * 8 + 4 - pad).tolist()
+            t_hi = (np.arange(m) * 8 + 8).tolist()
+            first = 0
+        else:
+            bw = blk.view("<u4")
+            bw[:, 3] = (ts // 1_000_000_000).astype(u32)
+            bw[:, 4] = (ts % 1_000_000_000).astype(u32)
+            bw[:, 5] = cap
+            bw[:, 6] = cap
+            first = PRE - 16
+        hdr = np.concatenate([blk, H[r, PRE:]], axis=1)
+        hb = hdr.tobytes()
+        h_lo = (np.arange(m) * W + first).tolist()
+        h_hi = (np.arange(m) * W + PRE + B.hl[r]).tolist()
+        p_lo = B.pl_start[r]
+        p_hi = (p_lo + B.pl_len[r]).tolist()
+        p_lo = p_lo.tolist()
+        heads = [hb[x:y] for x, y in zip(h_lo, h_hi)]
+        pays = [data[x:y] for x, y in zip(p_lo, p_hi)]
+        if fmt == "pcapng":
+            tails = [tb[x:y] for x, y in zip(t_lo, t_hi)]
+            out = b"".join([p for trio in zip(heads, pays, tails) for p in trio])
+        else:
+            out = b"".join([p for duo in zip(heads, pays) for p in duo])
+        f.write(out)
+        written += len(out)
+    return written
+
+
+def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str = "pcapng",
+               split: bool = False, quiet: bool = False) -> dict:
+    t_begin = time.perf_counter()
+    n_conn = max(8, frames // 45)
+    while True:
+        P, pool = gen_logical(seed, n_conn, mode)
+        rng = np.random.default_rng([seed, 2])
+        O = observe(P, mode, rng)
+        got = len(O["lidx"])
+        if got >= frames:
+            break
+        n_conn = int(n_conn * frames / max(got, 1) * 1.03) + 8
+    order = write_order(O, rng)[:frames]
+    O = {k: v[order] for k, v in O.items()}
+    B = build_headers(P, O, pool)
+    rows = np.arange(frames)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    files = []
+    if fmt == "pcapng":
+        counts = np.bincount(B.iface, minlength=len(VANTAGES)).tolist()
+        with open(out, "wb") as f:
+            f.write(pcapng_head(VANTAGES))
+            write_frames(f, B, pool, fmt, rows)
+            f.write(pcapng_tail(counts, int(B.ts.min()), int(B.ts.max())))
+        files.append(out)
+    else:
+        groups = [(out, rows)]
+        if split:
+            stem, ext = os.path.splitext(out)
+            groups = [(f"{stem}.{name}{ext or '.pcap'}", np.flatnonzero(B.iface == v))
+                      for v, name in enumerate(VANTAGES)]
+        for path, rr in groups:
+            with open(path, "wb") as f:
+                f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+                write_frames(f, B, pool, fmt, rr)
+            files.append(path)
+    size = sum(os.path.getsize(p) for p in files)
+    info = {
+        "files": files, "frames": frames, "format": fmt, "mode": mode, "seed": seed, "bytes": size,
+        "avg_frame_bytes": round(float(B.caplen.mean()), 1),
+        "per_interface": dict(zip(VANTAGES, np.bincount(B.iface, minlength=4).tolist())),
+        "tcp_connections": int(len(np.unique(P["conn"][O["lidx"]][P["kind"][O["lidx"]] == K_TCP]))),
+        "by_kind": dict(zip(("tcp", "udp", "icmp", "arp"),
+                            np.bincount(P["kind"][O["lidx"]], minlength=4).tolist())),
+        "out_of_order": int(np.count_nonzero(np.diff(B.ts) < 0)),
+        "duration_s": round(float(B.ts.max() - B.ts.min()) / 1e9, 3),
+        "seconds": round(time.perf_counter() - t_begin, 2),
+    }
+    if not quiet:
+        print(f"wrote {', '.join(files)}: {frames} frames, {size / 1e6:.1f} MB, avg frame {info['avg_frame_bytes']} B, "
+              f"{info['tcp_connections']} TCP connections, {info['duration_s']} s of traffic, "
+              f"{info['out_of_order']} blocks earlier than their predecessor, in {info['seconds']} s", file=sys.stderr)
+        print(f"  per interface: {info['per_interface']}; by kind: {info['by_kind']}", file=sys.stderr)
+    return info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=1_000_000, help="number of frames (exact)")
+    ap.add_argument("--out", required=True, help="output path")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--mode", choices=("nat", "dr"), default="nat", help="LVS forwarding method (default nat)")
+    ap.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng",
+                    help="pcapng: one file, one interface per vantage point; pcap: classic nanosecond pcap "
+                         "(all vantage points in one file unless --split)")
+    ap.add_argument("--split", action="store_true", help="with --format pcap: one file per vantage point, "
+                                                         "named OUT-STEM.<vantage>.pcap")
+    a = ap.parse_args(argv)
+    if a.frames < 1:
+        ap.error("--frames must be at least 1")
+    if a.split and a.format != "pcap":
+        ap.error("--split goes with --format pcap (a pcapng keeps the vantage points as interfaces)")
+    make_trace(a.out, a.frames, a.seed, a.mode, a.format, a.split)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

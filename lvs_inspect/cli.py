@@ -1,0 +1,126 @@
+"""The one command line: ``lvs-inspect SUBCOMMAND ...``.
+
+Exit status: 0 success (nothing at or above --fail-on), 1 findings, 2 the tool could not do
+its job (one line on stderr naming the file and where).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import InputError
+
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+
+
+def _add_trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--toa-kind", type=int, action="append", metavar="KIND",
+                   help="extra TCP option kind to decode as TOA (254, 253 and 200 always are)")
+    p.add_argument("--gue-port", type=int, action="append", metavar="PORT",
+                   help="UDP port carrying GUE (default 6080)")
+    p.add_argument("--no-checksums", action="store_true", help="skip checksum verification")
+
+
+def _reader_kwargs(args) -> dict:
+    kinds = (254, 253, 200) + tuple(args.toa_kind or ())
+    return {"toa_kinds": kinds, "gue_ports": tuple(args.gue_port or (6080,)),
+            "checksums": not args.no_checksums}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvs-inspect",
+        description="Packet-trace analyzer and mode validator for LVS/IPVS, FullNAT and DPVS.")
+    parser.add_argument("--version", action="version", version=f"lvs-inspect {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("frames", help="decode traces: per-input accounting and one line per frame",
+                       description="Decode pcap/pcapng traces (plain, gzip or '-' for stdin) and show "
+                                   "how every frame was accounted for, then the frames themselves.")
+    p.add_argument("traces", nargs="+", metavar="TRACE")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="show at most N frames")
+    p.add_argument("--summary", action="store_true", help="only the accounting, no frame lines")
+    p.add_argument("--columns", metavar="A,B,...", help="csv: the columns to write (default: all)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    _add_trace_options(p)
+    p.set_defaults(func=cmd_frames)
+    return parser
+
+
+def cmd_frames(args) -> int:
+    from .capture import read_table
+    from .report.frames import frame_lines
+
+    table = read_table(args.traces, stdin=sys.stdin.buffer, **_reader_kwargs(args))
+    out = open(args.output, "w") if args.output else sys.stdout
+    try:
+        acct = table.accounting()
+        if args.format == "json":
+            rows = [] if args.summary else _limited(table.to_pandas(text=True), args.limit).to_dict("records")
+            json.dump({"version": 1, "inputs": acct, "frames": rows}, out, indent=1, default=int)
+            out.write("\n")
+        elif args.format == "csv":
+            cols = args.columns.split(",") if args.columns else None
+            _limited(table.to_pandas(cols, text=True), args.limit).to_csv(out, index=False)
+        else:
+            for a in acct:
+                out.write(_accounting_line(a) + "\n")
+            if not args.summary:
+                for line in frame_lines(table, limit=args.limit):
+                    out.write(line + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return EXIT_OK
+
+
+def _limited(df, limit):
+    return df if limit is None else df.head(limit)
+
+
+def _accounting_line(a: dict) -> str:
+    kind = a["format"] + (" (gzip)" if a["compressed"] else "")
+    parts = [f"{a['path']}: {kind}, {a['frames']} frames: {a['decoded']} decoded",
+             f"{a['ignored']} ignored", f"{a['undecodable']} undecodable"]
+    line = ", ".join(parts)
+    if a["truncated"]:
+        line += f" ({a['truncated']} cut by snaplen)"
+    if a["interfaces"]:
+        line += "; interfaces: " + ", ".join(a["interfaces"])
+    reasons = {k: v for k, v in a["reasons"].items() if k != "snaplen"}
+    if reasons:
+        line += "; " + ", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+    for d in a["damage"]:
+        line += f"\n{a['path']}: byte {d['offset']}: damaged: {d['message']}"
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"lvs-inspect: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        try:
+            sys.stdout = None  # silence the flush at exit
+        finally:
+            return EXIT_OK
+    except KeyboardInterrupt:
+        print("lvs-inspect: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        name = getattr(e, "filename", None) or "output"
+        print(f"lvs-inspect: {name}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
