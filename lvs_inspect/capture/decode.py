@@ -459,10 +459,13 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
 
     if opts.checksums:
         v4 = ipok & (fin.ver == 4)
-        words = _f_words(fin.win)
-        nwords = (fin.hlen // 2)[:, None]
-        s = np.where(np.arange(words.shape[1])[None, :] < nwords, words, 0).sum(axis=1, dtype=np.uint64)
-        good = _fold(s) == 0xFFFF
+        good = _fold(_word_sum(fin.win, 0, 10)) == 0xFFFF
+        opt = np.flatnonzero(v4 & (fin.hlen > 20))   # rare: IPv4 options
+        if len(opt):
+            words = _f_words(fin.win[opt])
+            lanes = np.arange(words.shape[1])[None, :]
+            s = np.where(lanes < (fin.hlen[opt] // 2)[:, None], words, 0).sum(axis=1, dtype=np.uint64)
+            good[opt] = _fold(s) == 0xFFFF
         core["ip_csum"] = np.where(v4, np.where(good, Csum.OK, Csum.BAD), Csum.NA).astype(np.uint8)
 
     # ---- transport --------------------------------------------------------------------------
@@ -541,6 +544,14 @@ def _merge_ip(mask: np.ndarray, a: _IP, b: _IP) -> _IP:
             return tuple(pick(i, j) for i, j in zip(x, y))
         return np.where(mask if x.ndim == 1 else mask[:, None], x, y)
     return _IP(**{fl.name: pick(getattr(a, fl.name), getattr(b, fl.name)) for fl in dc_fields(_IP)})
+
+
+def _word_sum(w: np.ndarray, off: int, count: int) -> np.ndarray:
+    """Sum of ``count`` big-endian 16-bit words from byte ``off`` of every window row."""
+    s = np.zeros(len(w), dtype=np.uint64)
+    for k in range(count):
+        s += _f(w, off + 2 * k, ">u2")
+    return s
 
 
 def _f_words(w: np.ndarray) -> np.ndarray:
@@ -753,29 +764,21 @@ def _ones_sum(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     words is the byte-swapped sum; a segment starting at an odd offset is paired the other way).
     ``buf`` must extend at least 4 bytes past every ``b``.
     """
-    words = buf[: len(buf) - (len(buf) & 3)].view(np.uint32)
+    words = buf[: len(buf) - (len(buf) & 3)].view("<u4")
     wa = a // 4
     wb = (b + 3) // 4
     idx = np.empty(2 * len(a), dtype=np.int64)
     idx[0::2] = wa
     idx[1::2] = wb
     sums = np.add.reduceat(words, idx, dtype=np.uint64)[0::2]
-    little = np.little_endian
-    lead = a & 3
-    for j in range(3):   # bytes of the first word that precede the segment
-        m = j < lead
-        pos = 4 * wa + j
-        weight = (8 * j) if little else (8 * (3 - j))
-        sums -= np.where(m, buf[pos].astype(np.uint64) << np.uint64(weight), 0).astype(np.uint64)
-    for j in range(1, 4):  # bytes of the last word that follow the segment
-        m = (b & 3) != 0
-        m &= j >= (b & 3)
-        pos = 4 * (wb - 1) + j
-        weight = (8 * j) if little else (8 * (3 - j))
-        sums -= np.where(m, buf[np.minimum(pos, len(buf) - 1)].astype(np.uint64) << np.uint64(weight),
-                         0).astype(np.uint64)
+    # bytes of the first word before the segment, and of the last word after it
+    lead_mask = (np.uint64(1) << ((a & 3) * 8).astype(np.uint64)) - np.uint64(1)
+    sums -= words[wa].astype(np.uint64) & lead_mask
+    tb = (b & 3).astype(np.uint64)
+    trail_keep = np.where(tb == 0, np.uint64(0xFFFFFFFF), (np.uint64(1) << (tb * np.uint64(8))) - np.uint64(1))
+    sums -= words[wb - 1].astype(np.uint64) & ~trail_keep & np.uint64(0xFFFFFFFF)
     s = _fold(sums)
-    swap = ((a & 1) == 0) if little else ((a & 1) == 1)
+    swap = (a & 1) == 0    # little-endian words: an even start needs the swap, an odd one is paired the other way
     return np.where(swap, ((s & 0xFF) << 8) | (s >> 8), s).astype(np.uint64)
 
 
@@ -797,10 +800,11 @@ def _l4_checksums(f: _Frames, fin: _IP, tcp, udp, icmp, l4, ipend, seglen, w4, s
     proto = fin.proto[rows].astype(np.uint64)
     length = seglen[rows].astype(np.uint64)
     wi = fin.win[rows]
-    words_ip = _f_words(wi).astype(np.uint64)
-    ph4 = words_ip[:, 6] + words_ip[:, 7] + words_ip[:, 8] + words_ip[:, 9]
-    ph6 = words_ip[:, 4:20].sum(axis=1)
-    pseudo = np.where(v6, ph6, ph4) + proto + (length >> np.uint64(16)) + (length & np.uint64(0xFFFF))
+    addr_sum = _word_sum(wi, 12, 4)                  # IPv4 source and destination
+    six = np.flatnonzero(v6)
+    if len(six):
+        addr_sum[six] = _word_sum(wi[six], 8, 16)    # IPv6 source and destination
+    pseudo = addr_sum + proto + (length >> np.uint64(16)) + (length & np.uint64(0xFFFF))
     is_icmp4 = icmp[rows] & ~v6
     pseudo = np.where(is_icmp4, 0, pseudo).astype(np.uint64)
     total = _fold(s + pseudo)
