@@ -28,7 +28,10 @@ tests prove both give identical batches.
 """
 from __future__ import annotations
 
+import io
 import os
+import select
+import stat
 import struct
 import sys
 import zlib
@@ -137,33 +140,50 @@ class Damage:
 # ---------------------------------------------------------------------------------------
 # Byte sources
 
-def _fill(f: BinaryIO, mv: memoryview) -> int:
-    """readinto until ``mv`` is full or the stream ends; returns the byte count."""
-    got = 0
-    n = len(mv)
-    while got < n:
-        k = f.readinto(mv[got:])
-        if not k:
-            break
-        got += k
-    return got
+def _is_stream(f) -> bool:
+    """A pipe, socket or terminal: data arrives over time (not a regular file)."""
+    try:
+        return not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def _ready(f) -> bool:
+    try:
+        return bool(select.select([f], [], [], 0)[0])
+    except (OSError, ValueError, TypeError):
+        return True
 
 
 class _PlainSource:
+    """The input's bytes.  A regular file fills every buffer; a stream (pipe, e.g.
+    ``dumpcap -w -``) returns once ``min_bytes`` have arrived and no more is ready, so a
+    live capture is read as it comes instead of waiting for a full chunk."""
+
     def __init__(self, f: BinaryIO, prefix: bytes):
         self._f = f
         self._prefix = prefix
+        self._stream = _is_stream(f)
+        self._read = getattr(f, "readinto1", None) if self._stream else None
+        self._read = self._read or f.readinto
+        self.eof = False
         self.note: tuple[int, str] | None = None
 
-    def readinto(self, mv: memoryview) -> int:
+    def readinto(self, mv: memoryview, min_bytes: int = 1) -> int:
+        n = len(mv)
         got = 0
         if self._prefix:
-            k = min(len(self._prefix), len(mv))
-            mv[:k] = self._prefix[:k]
-            self._prefix = self._prefix[k:]
-            got = k
-        if got < len(mv):
-            got += _fill(self._f, mv[got:])
+            got = min(len(self._prefix), n)
+            mv[:got] = self._prefix[:got]
+            self._prefix = self._prefix[got:]
+        while got < n and not self.eof:
+            if self._stream and got >= min_bytes and not _ready(self._f):
+                break
+            k = self._read(mv[got:])
+            if not k:
+                self.eof = True
+                break
+            got += k
         return got
 
 
@@ -174,18 +194,22 @@ class _GzipSource:
 
     def __init__(self, f: BinaryIO, prefix: bytes):
         self._f = f
+        self._stream = _is_stream(f)
         self._in = prefix
         self._d = zlib.decompressobj(wbits=31)
         self._out = memoryview(b"")
-        self._done = False
         self._member_end = False
+        self.eof = False
         self.total = 0              # decompressed bytes delivered
         self.note: tuple[int, str] | None = None
 
     def _raw(self) -> bytes:
+        if self._stream:
+            read1 = getattr(self._f, "read1", None)
+            return (read1 or self._f.read)(self.IN_CHUNK) or b""
         return self._f.read(self.IN_CHUNK) or b""
 
-    def readinto(self, mv: memoryview) -> int:
+    def readinto(self, mv: memoryview, min_bytes: int = 1) -> int:
         n = len(mv)
         got = 0
         while got < n:
@@ -195,14 +219,16 @@ class _GzipSource:
                 self._out = self._out[k:]
                 got += k
                 continue
-            if self._done:
+            if self.eof:
                 break
             if not self._in:
+                if self._stream and got >= min_bytes and not _ready(self._f):
+                    break
                 self._in = self._raw()
                 if not self._in:
                     if not self._member_end:
                         self.note = (self.total + got, "gzip stream cut short")
-                    self._done = True
+                    self.eof = True
                     break
             if self._member_end:
                 # Between members: another member, zero padding, or trailing garbage.
@@ -218,13 +244,13 @@ class _GzipSource:
                     if self._in.strip(b"\0"):
                         self.note = (self.total + got,
                                      "bytes after the end of the gzip stream ignored")
-                    self._done = True
+                    self.eof = True
                     break
             try:
                 out = self._d.decompress(self._in, max(n - got, 1 << 16))
             except zlib.error as err:
                 self.note = (self.total + got, f"gzip data corrupt ({err})")
-                self._done = True
+                self.eof = True
                 break
             if self._d.eof:
                 self._in = self._d.unused_data
@@ -592,27 +618,34 @@ class InputRecords:
             self.close()
             raise
 
-    def _read_raw(self, n: int) -> bytes:
-        buf = bytearray(n)
+    def _read_min(self, src, have: bytes, n: int) -> bytes:
+        """``have`` extended to at least n bytes of the source (fewer only at its end)."""
+        if len(have) >= n:
+            return have
+        buf = bytearray(n - len(have))
+        mv = memoryview(buf)
+        got = 0
         try:
-            k = _fill(self._fh, memoryview(buf))
+            while got < len(buf) and not src.eof:
+                got += src.readinto(mv[got:], min_bytes=len(buf) - got)
         except OSError as err:
             raise self._err(f"read error: {err.strerror or err}") from None
-        return bytes(buf[:k])
+        return have + bytes(buf[:got])
 
     def _detect(self) -> None:
-        magic = self._read_raw(2)
+        raw = _PlainSource(self._fh, b"")
+        magic = self._read_min(raw, b"", 2)
         if magic[:2] == GZIP_MAGIC:
             self._src = _GzipSource(self._fh, magic)
             self.compressed = True
         else:
             self._src = _PlainSource(self._fh, magic)
-        head = bytearray(64)
-        try:
-            k = self._src.readinto(memoryview(head))
-        except OSError as err:
-            raise self._err(f"read error: {err.strerror or err}") from None
-        head = bytes(head[:k])
+            self._src.eof = raw.eof
+        head = self._read_min(self._src, b"", 4)
+        if head[:4] in PCAP_MAGICS:
+            head = self._read_min(self._src, head, 24)
+        elif head[:4] == SHB_MAGIC:
+            head = self._read_min(self._src, head, 28)
         gz = " (gzip-compressed)" if self.compressed else ""
         if not head:
             if self.compressed and self._src.note:
@@ -623,6 +656,7 @@ class InputRecords:
         elif head[:4] == SHB_MAGIC:
             self._open_pcapng(head)
         else:
+            head = self._read_min(self._src, head, 8)
             raise self._err(f"not a pcap or pcapng capture{gz}: starts with {head[:8]!r}",
                             offset=0)
 
@@ -710,12 +744,13 @@ class InputRecords:
                 mv = memoryview(full)[:want]
                 mv[:k] = leftover
                 try:
-                    got = self._src.readinto(mv[k:]) if self._fh is not None else 0
+                    got = (self._src.readinto(mv[k:], min_bytes=max(1, need - k))
+                           if self._fh is not None and not self._src.eof else 0)
                 except OSError as err:
                     self._note(base + k, f"read error: {err.strerror or err}")
                     got, stopped = 0, True
                 n = k + got
-                eof = n < want
+                eof = stopped or self._fh is None or self._src.eof
                 if n == 0:
                     break
                 arr = full[:n]

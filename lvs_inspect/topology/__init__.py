@@ -76,17 +76,23 @@ def detect_format(text: str) -> str | None:
     lines = text.splitlines()
     if looks_like_listing(lines):
         return "ipvsadm"
+    first = None
     for ln in lines:
         s = ln.strip()
         if not s or s[0] in "#!":
             continue
-        if _KEEPALIVED_TOP.match(s):
-            return "keepalived"
-        if _TOML_LINE.match(s):
-            return "toml"
+        first = s
         break
+    if first is None:
+        return None
+    if _KEEPALIVED_TOP.match(first) or first[0] in "$@":
+        return "keepalived"
+    if _TOML_LINE.match(first):
+        return "toml"
     if looks_like_rules(lines):
         return "ipvsadm"
+    if "{" in text or "}" in text:      # keepalived block syntax with a stray first line
+        return "keepalived"
     return None
 
 

@@ -37,6 +37,8 @@ ipvsadm of Alibaba LVS and DPVS:
                                     192.168.100.200      0          0
       Timeout (tcp tcpfin udp): 900 120 300
 
+  Plain ``-Ln`` does not show the tunnel type of a Tunnel server (``--tun-info`` and
+  ``-Sn`` do): it is left unknown, to be learned from the trace.
   Listings without the Forward column (--stats, --rate, --thresholds, --persistent-conn)
   and non-numeric ones (``-L`` without ``-n``) cannot give a topology: an error says so.
 
@@ -189,16 +191,24 @@ def looks_like_listing(lines: list[str]) -> bool:
     return False
 
 
+_RULE_START = re.compile(r"^-(-(add|edit|delete)-(service|server)\b|-(add|del)-laddr\b|-set\b|"
+                         r"[AEDaedCPQ])")
+
+
 def looks_like_rules(lines: list[str]) -> bool:
+    """An ipvsadm command among the first significant lines (a stray line is then an error
+    with its line number rather than an unrecognised file)."""
+    seen = 0
     for ln in lines:
-        try:
-            toks = shlex.split(ln, comments=True)
-        except ValueError:
-            return False
+        toks = ln.split("#", 1)[0].split()
         if not toks:
             continue
         toks = _strip_prefix(toks)
-        return bool(toks) and toks[0].startswith("-")
+        if toks and _RULE_START.match(toks[0]):
+            return True
+        seen += 1
+        if seen >= 20:
+            break
     return False
 
 
@@ -798,8 +808,7 @@ class _Listing:
             raise self.fail(n, f"weight '{w}' is not a number", "Weight")
         r.weight = int(w)
         r.keys["weight"] = (n, "Weight")
-        if r.mode is Mode.TUN and r.tun is None:
-            r.tun = TunType.IPIP
+        # plain -Ln does not show the tunnel type (--tun-info does): r.tun stays None, unknown
         if any(x.ip == r.ip and x.port == r.port for x in s.rs):
             raise self.fail(n, f"real server {dname} listed twice in the service", "RemoteAddress:Port")
         s.rs.append(r)

@@ -105,7 +105,7 @@ class Stmt:
     block: list["Stmt"] | None = None
 
 
-def _split(s: str) -> list[str]:
+def _split(s: str, braces: bool = True) -> list[str]:
     toks: list[str] = []
     cur: list[str] = []
     have = False
@@ -120,7 +120,7 @@ def _split(s: str) -> list[str]:
                 cur, have = [], False
             i += 1
             continue
-        if c in "{}":
+        if braces and c in "{}":
             if have:
                 toks.append("".join(cur))
                 cur, have = [], False
@@ -189,7 +189,9 @@ def _lex(path: str, text: str, defs: dict[str, str], stack: tuple[str, ...]) -> 
                 defs[m.group(1)] = val
                 continue
         try:
-            toks = _split(_substitute(s, defs))
+            line = _substitute(s, defs)
+            # an include's file name may hold csh braces: do not split them off
+            toks = _split(line, braces=line.split(None, 1)[0] not in INCLUDES)
         except ValueError as e:
             raise InputError(path, str(e), line=n) from None
         if not toks:
@@ -331,7 +333,7 @@ class _Interp:
     def __init__(self, path: str, profile: str | None):
         self.path = path
         self.profile = profile
-        self.vsg: dict[str, Stmt] = {}
+        self.vsg: dict[str, tuple[list[tuple], Stmt]] = {}
         self.laddr: dict[str, tuple[list, Stmt]] = {}
         self.dpvs = False
         self.fnat = False
@@ -345,7 +347,7 @@ class _Interp:
         for st in tree:
             if st.word == "virtual_server_group":
                 self.need_block(st, 1)
-                self.vsg[st.args[0]] = st
+                self.vsg[st.args[0]] = (self.group_entries(st), st)
             elif st.word == "local_address_group":
                 self.need_block(st, 1)
                 self.laddr[st.args[0]] = (self.laddr_entries(st), st)
@@ -485,7 +487,7 @@ class _Interp:
             g = self.vsg.get(a[1])
             if g is None:
                 raise _fail(st, f"no virtual_server_group '{a[1]}'{suggest(a[1], self.vsg)}", "group")
-            entries = self.group_entries(g)
+            entries = g[0]
             kind = "group"
         else:
             try:

@@ -315,7 +315,7 @@ class RealServer:
     port: int                            # 0: the client's destination port (port-0 / fwmark services)
     weight: int = 1                      # 0 = quiesced: no new connections
     mode: Mode = Mode.DR
-    tun: TunType | None = None           # TUN only; ipip when the mode is tun and nothing is given
+    tun: TunType | None = None           # TUN only; None with mode tun: type unknown (ipvsadm -Ln)
     tun_port: int | None = None          # GUE destination port
     tun_flags: str | None = None         # nocsum | csum | remcsum
     mac: MAC | None = None               # learned from the trace when absent
@@ -727,8 +727,14 @@ def _validate_rs(topo: Topology, s: Service, rs: RealServer, fb: str) -> None:
             if getattr(rs, name) is not None:
                 raise _error(pos, name, f"real server {rs.ip}: {name} is a tunnel option but the "
                              f"mode is {rs.mode}", fb)
+    elif rs.tun is None:
+        # tunnel type not known (plain ipvsadm -Ln does not show it): learned from the trace
+        for name in ("tun_port", "tun_flags"):
+            if getattr(rs, name) is not None:
+                raise _error(pos, name, f"real server {rs.ip}: {name} needs a known tunnel "
+                             "type (tun)", fb)
     else:
-        tun = rs.tun or TunType.IPIP
+        tun = rs.tun
         if tun is TunType.GUE:
             if rs.tun_port is None:
                 raise _error(pos, "tun", f"real server {rs.ip}: a gue tunnel needs tun_port "

@@ -40,7 +40,8 @@ Keys (all optional unless marked; unknown keys are errors with a did-you-mean)::
       port = 80                    # default: the service port (0 for fwmark DR/TUN)
       weight = 1                   # 0..65535, 0 = quiesced (default 1)
       mode = "tun"                 # default: the service's mode
-      tun = "ipip"                 # ipip | gue | gre (tun only; default ipip)
+      tun = "ipip"                 # ipip | gue | gre | unknown (tun only; default ipip;
+                                   # unknown: learned from the trace)
       tun_port = 6080              # gue only, required there
       tun_flags = "nocsum"         # nocsum | csum | remcsum (gue), nocsum | csum (gre)
       mac = "02:00:00:00:00:11"
@@ -648,7 +649,9 @@ def _real_server(ctx: _Ctx, raw: dict, loc: tuple, svc_mode: Mode | None, svc_po
     weight = ctx.int_in(raw["weight"], 0, 65535, *k("weight")) if "weight" in raw else 1
     tun = None
     if "tun" in raw:
-        tun = TunType(ctx.choice(raw["tun"], tuple(t.value for t in TunType), *k("tun"), "tunnel type"))
+        t = ctx.choice(raw["tun"], tuple(t.value for t in TunType) + ("unknown",), *k("tun"),
+                       "tunnel type")
+        tun = None if t == "unknown" else TunType(t)
     elif mode is Mode.TUN:
         tun = TunType.IPIP
     tun_port = ctx.int_in(raw["tun_port"], 0, 65535, *k("tun_port")) if "tun_port" in raw else None
@@ -658,7 +661,7 @@ def _real_server(ctx: _Ctx, raw: dict, loc: tuple, svc_mode: Mode | None, svc_po
                                "tunnel flag")
     if tun_flags == "nocsum":
         # the kernel's "no checksum" is flag value 0, i.e. no flag: the model keeps None
-        if tun not in (TunType.GUE, TunType.GRE):
+        if tun not in (TunType.GUE, TunType.GRE) and raw.get("tun") != "unknown":
             raise ctx.fail(*k("tun_flags"), f"tun_flags 'nocsum' is for gue and gre tunnels, "
                            f"this one is {tun or 'not a tunnel'}")
         tun_flags = None

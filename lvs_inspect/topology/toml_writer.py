@@ -8,7 +8,7 @@ import re
 
 from ..net import netmask_from_prefix
 from .model import (
-    DEFAULT_SCHEDULER, TOA_PACKETS, Mode, Service, Topology, TunType,
+    DEFAULT_SCHEDULER, TOA_PACKETS, Mode, Service, Topology,
 )
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -140,8 +140,8 @@ def _service(topo: Topology, s: Service) -> list[str]:
         out.append(f"  weight = {rs.weight}")
         if s.mode is None or rs.mode is not s.mode:
             out.append(f"  mode = {_s(rs.mode.value)}")
-        if rs.mode is Mode.TUN:
-            out.append(f"  tun = {_s((rs.tun or TunType.IPIP).value)}")
+        if rs.mode is Mode.TUN and rs.tun is None:
+            out.append('  tun = "unknown"   # not in the source (ipvsadm -Ln): from the trace')
         elif rs.tun is not None:
             out.append(f"  tun = {_s(rs.tun.value)}")
         if rs.tun_port is not None:

@@ -1,0 +1,1 @@
+"""Checks: rule files (rules/*.yaml) evaluated over whole tables, producing Findings."""
