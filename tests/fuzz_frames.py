@@ -74,6 +74,17 @@ def lying_len(true: int, bits: int = 16) -> st.SearchStrategy[int]:
                      st.integers(0, (1 << bits) - 1))
 
 
+@st.composite
+def bulk(draw, room: int) -> bytes:
+    """Zero bytes that make a packet long (up to ``room``, the most its length fields allow):
+    big packets are honest, and a capture usually keeps only their start (snaplen)."""
+    if room <= 0:
+        return b""
+    how = draw(st.sampled_from(("none", "none", "none", "some", "all")))
+    n = 0 if how == "none" else room if how == "all" else draw(st.integers(0, room))
+    return b"\0" * n
+
+
 def csum16(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -122,7 +133,7 @@ def tcp_option(draw, lies: frozenset) -> bytes:
 
 
 @st.composite
-def tcp_segment(draw, lies: frozenset) -> bytes:
+def tcp_segment(draw, lies: frozenset, room: int = 0) -> bytes:
     opts = b"".join(draw(st.lists(tcp_option(lies), max_size=6)))[:40]
     fill = draw(st.sampled_from((b"\x00", b"\x01", b"\xfe")))
     opts += fill * (-len(opts) % 4)
@@ -130,17 +141,19 @@ def tcp_segment(draw, lies: frozenset) -> bytes:
     flags = draw(st.integers(0, 0x1FF))
     hdr = struct.pack("!HHIIBBHHH", draw(PORT), draw(PORT), draw(U32), draw(U32),
                       (doff << 4) | (flags >> 8), flags & 0xFF, draw(U16), draw(U16), draw(U16))
-    return hdr + opts + draw(st.binary(max_size=40))
+    seg = hdr + opts + draw(st.binary(max_size=40))
+    return seg + draw(bulk(room - len(seg)))
 
 
 @st.composite
-def udp_datagram(draw, lies: frozenset, depth: int) -> bytes:
+def udp_datagram(draw, lies: frozenset, depth: int, room: int = 0) -> bytes:
     sport = draw(PORT)
     dport = draw(PORT)
     if dport == 6080 and depth < MAX_DEPTH and draw(st.booleans()):
         payload = draw(gue_payload(lies, depth))
     else:
         payload = draw(st.binary(max_size=40))
+        payload += draw(bulk(room - 8 - len(payload)))
     ulen = pick(draw, lies, "udp_len", 8 + len(payload), lying_len(8 + len(payload)))
     csum = pick(draw, lies, "udp_csum", 0, U16)
     return struct.pack("!HHHH", sport, dport, ulen, csum) + payload
@@ -191,11 +204,12 @@ def icmp_message(draw, lies: frozenset, proto: int, depth: int) -> bytes:
 
 
 @st.composite
-def l4_payload(draw, lies: frozenset, proto: int, depth: int) -> bytes:
+def l4_payload(draw, lies: frozenset, proto: int, depth: int, room: int = 0) -> bytes:
+    """The IP payload for ``proto``; ``room``: how long it may grow (0: no bulk)."""
     if proto == 6:
-        return draw(tcp_segment(lies))
+        return draw(tcp_segment(lies, room))
     if proto == 17:
-        return draw(udp_datagram(lies, depth))
+        return draw(udp_datagram(lies, depth, room))
     if proto in (1, 58):
         return draw(icmp_message(lies, proto, depth))
     if proto == 47 and depth < MAX_DEPTH:
@@ -204,7 +218,8 @@ def l4_payload(draw, lies: frozenset, proto: int, depth: int) -> bytes:
         ver = 4 if proto == 4 else 6
         ver = pick(draw, lies, "inner_ver", ver, st.just(10 - ver))
         return draw(ip_packet(ver, lies, depth + 1))
-    return draw(st.binary(max_size=40))
+    data = draw(st.binary(max_size=40))
+    return data + draw(bulk(room - len(data)))
 
 
 # ---- network -------------------------------------------------------------------------------
@@ -216,10 +231,10 @@ def _protos(ver: int) -> st.SearchStrategy[int]:
 @st.composite
 def ipv4_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     proto = draw(_protos(4))
-    payload = draw(l4_payload(lies, proto, depth))
     opts = draw(st.binary(max_size=40))
     opts += b"\0" * (-len(opts) % 4)
     ihl_true = 5 + len(opts) // 4
+    payload = draw(l4_payload(lies, proto, depth, 0xFFFF - 4 * ihl_true if depth == 0 else 0))
     ihl = pick(draw, lies, "ihl", ihl_true, st.integers(0, 15))
     ver = pick(draw, lies, "ip_ver", 4, st.integers(0, 15))
     total = pick(draw, lies, "ip_len", 4 * ihl_true + len(payload), lying_len(4 * ihl_true + len(payload)))
@@ -249,7 +264,7 @@ def ipv6_ext_chain(draw, lies: frozenset) -> tuple[list[int], list[bytes]]:
             field = pick(draw, lies, "ext_len", words, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=4 * words + 6, max_size=4 * words + 6)))
         else:          # hop-by-hop, routing, destination options, mobility: 8-byte units minus 1
-            units = draw(st.integers(0, 3))
+            units = draw(st.one_of(st.integers(0, 3), st.integers(0, 40)))   # up to 328 bytes
             field = pick(draw, lies, "ext_len", units, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=8 * units + 6, max_size=8 * units + 6)))
     return types, out
@@ -258,10 +273,10 @@ def ipv6_ext_chain(draw, lies: frozenset) -> tuple[list[int], list[bytes]]:
 @st.composite
 def ipv6_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     proto = draw(_protos(6))
-    payload = draw(l4_payload(lies, proto, depth))
     types, chain = draw(ipv6_ext_chain(lies))
     nexts = types[1:] + [proto]
     ext = b"".join(bytes([nh]) + body for nh, body in zip(nexts, chain))
+    payload = draw(l4_payload(lies, proto, depth, 0xFFFF - len(ext) if depth == 0 else 0))
     first = types[0] if types else proto
     ver = pick(draw, lies, "ip_ver", 6, st.integers(0, 15))
     plen = pick(draw, lies, "v6_plen", len(ext) + len(payload),
@@ -333,12 +348,18 @@ def link_frame(draw, linktype: int, lies: frozenset) -> bytes:
 
 
 @st.composite
-def frames_for(draw, linktype: int, max_lies: int = 2) -> Frame:
-    """A frame for ``linktype`` with up to ``max_lies`` lie sites."""
-    lies = draw(st.frozensets(st.sampled_from(LIE_SITES), max_size=max_lies))
+def frames_for(draw, linktype: int, max_lies: int = 2, lies: frozenset | None = None) -> Frame:
+    """A frame for ``linktype`` with up to ``max_lies`` lie sites (or exactly ``lies``)."""
+    if lies is None:
+        lies = draw(st.frozensets(st.sampled_from(LIE_SITES), max_size=max_lies))
     data = draw(link_frame(linktype, lies))
+    whole = len(data)
+    if whole > 1500:   # a long packet: mostly captured with a snaplen, as it would be
+        data = data[:draw(st.one_of(st.integers(0, 300), st.just(whole)))]
+    # a "cut" lie truncates the frame and the record claims it is whole
     data = data[:pick(draw, lies, "cut", len(data), st.integers(0, len(data)))]
-    wirelen = pick(draw, lies, "wirelen", len(data), st.one_of(
+    honest_wire = len(data) if "cut" in lies else whole
+    wirelen = pick(draw, lies, "wirelen", honest_wire, st.one_of(
         st.integers(1, 2000).map(lambda d: len(data) + d),       # snaplen cut
         st.integers(0, 0x2_0000).map(lambda d: len(data) + d),   # ... by a lot
         st.integers(0, len(data)),                               # lying: shorter than captured

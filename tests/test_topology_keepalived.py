@@ -160,6 +160,22 @@ def test_ipv6_and_ranges(tmp_path):
     assert t.services[3].real_servers[0].tun is TunType.IPIP      # IPv6 RS of an IPv4 VIP: TUN
 
 
+def test_group_with_a_zero_port_entry_is_persistent(tmp_path):
+    t = ka(tmp_path, """
+        virtual_server_group G {
+            203.0.113.50 80
+            203.0.113.51
+        }
+        virtual_server group G {
+            lb_kind DR
+            protocol TCP
+            real_server 203.0.113.61
+        }
+        """)
+    assert [(s.port, s.persistence) for s in t.services] == [(80, 360), (0, 360)]
+    assert [s.real_servers[0].port for s in t.services] == [80, 0]
+
+
 HEAD = "virtual_server 203.0.113.100 80 {\n    lb_kind DR\n    protocol TCP\n"   # 3 lines
 RS = "    real_server 203.0.113.11 80 {\n        weight 1\n    }\n"                  # 3 lines
 

@@ -275,3 +275,19 @@ def test_type_names_in_errors(tmp_path):
     p.write_text(SVC + 'persistence = {a = 1}\n')
     with pytest.raises(InputError, match="expected an integer, got a table"):
         load_topology(str(p))
+
+
+def test_notes_become_comments():
+    """Inference puts its evidence in ``note``: it is written as comments and ignored on load."""
+    import dataclasses
+    t = load_topology(str(DATA / "dr.toml"))
+    s = t.services[0]
+    rs = dataclasses.replace(s.real_servers[0], note="MAC seen in 40 frames\nconfidence 0.9")
+    t2 = t.replace(note="inferred from lab.pcapng",
+                   director=dataclasses.replace(t.director, note="hands VIP frames to RSs"),
+                   services=(dataclasses.replace(s, note="DR: only MACs rewritten", real_servers=(rs,) + s.real_servers[1:]),))
+    text = dump_toml(t2)
+    for c in ("# inferred from lab.pcapng", "# hands VIP frames to RSs", "# DR: only MACs rewritten",
+              "  # MAC seen in 40 frames", "  # confidence 0.9"):
+        assert c in text.splitlines()
+    assert loads_topology(text, "n.toml") == t2 == t

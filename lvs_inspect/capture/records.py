@@ -34,6 +34,7 @@ import select
 import stat
 import struct
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from fractions import Fraction
@@ -148,11 +149,32 @@ def _is_stream(f) -> bool:
         return False
 
 
-def _ready(f) -> bool:
+STREAM_WAIT = 0.05            # s a stream keeps filling a chunk once it has data
+
+
+def _ready(f, timeout: float) -> bool:
     try:
-        return bool(select.select([f], [], [], 0)[0])
+        return bool(select.select([f], [], [], max(timeout, 0.0))[0])
     except (OSError, ValueError, TypeError):
         return True
+
+
+class _Patience:
+    """Whether a stream read should go on: until ``min_bytes`` have come, then while more
+    arrives within STREAM_WAIT of that moment (bounded latency, full chunks when fast)."""
+
+    def __init__(self, f, min_bytes: int):
+        self.f = f
+        self.min_bytes = min_bytes
+        self.deadline = None
+
+    def more(self, got: int) -> bool:
+        if got < self.min_bytes:
+            return True
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + STREAM_WAIT
+        return _ready(self.f, self.deadline - now)
 
 
 class _PlainSource:
@@ -164,8 +186,9 @@ class _PlainSource:
         self._f = f
         self._prefix = prefix
         self._stream = _is_stream(f)
-        self._read = getattr(f, "readinto1", None) if self._stream else None
-        self._read = self._read or f.readinto
+        # read1: buffered bytes if there are any, else one raw read (readinto1 would also
+        # block on a raw read when asked for more than the buffer holds)
+        self._read1 = getattr(f, "read1", None) if self._stream else None
         self.eof = False
         self.note: tuple[int, str] | None = None
 
@@ -176,10 +199,16 @@ class _PlainSource:
             got = min(len(self._prefix), n)
             mv[:got] = self._prefix[:got]
             self._prefix = self._prefix[got:]
+        wait = _Patience(self._f, min_bytes) if self._stream else None
         while got < n and not self.eof:
-            if self._stream and got >= min_bytes and not _ready(self._f):
+            if wait is not None and not wait.more(got):
                 break
-            k = self._read(mv[got:])
+            if self._read1 is not None:
+                data = self._read1(n - got)
+                k = len(data)
+                mv[got:got + k] = data
+            else:
+                k = self._f.readinto(mv[got:])
             if not k:
                 self.eof = True
                 break
@@ -212,6 +241,7 @@ class _GzipSource:
     def readinto(self, mv: memoryview, min_bytes: int = 1) -> int:
         n = len(mv)
         got = 0
+        wait = _Patience(self._f, min_bytes) if self._stream else None
         while got < n:
             if len(self._out):
                 k = min(len(self._out), n - got)
@@ -222,7 +252,7 @@ class _GzipSource:
             if self.eof:
                 break
             if not self._in:
-                if self._stream and got >= min_bytes and not _ready(self._f):
+                if wait is not None and not wait.more(got):
                     break
                 self._in = self._raw()
                 if not self._in:

@@ -368,8 +368,6 @@ class _Rules:
                     if cmd is not None:
                         raise self.fail(line, f"two commands on one line ({cmd} and {name})", t)
                     cmd = name
-                    if arg is not None and name in ("start-daemon", "stop-daemon"):
-                        pass
                 else:
                     opts.append((name, arg, t))
                 continue

@@ -505,6 +505,9 @@ class _Interp:
         cfg = self.vs_config(st)
         if not cfg["rs"]:
             return          # keepalived: "has no real servers - ignoring"
+        if kind == "group" and not cfg["persistence"] and any(
+                e[2] is None and e[1] == 0 for e in entries):
+            cfg["persistence"] = DEFAULT_PERSISTENCE   # keepalived: zero port -> persistent
         for vip, port, mark, fam in entries:
             self.services.append(self.make_service(st, cfg, vip, port, mark, kind))
 

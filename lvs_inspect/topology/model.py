@@ -397,10 +397,6 @@ class Service:
     def modes(self) -> frozenset[Mode]:
         return frozenset(rs.mode for rs in self.real_servers)
 
-    @property
-    def all_lips(self) -> tuple[IPAddress, ...]:
-        return self.lips
-
     def matches(self, addr: IPAddress, port: int, protocol: str | None) -> bool:
         """Does a client packet to ``addr:port/protocol`` belong to this service?"""
         if self.protocol is not None and protocol is not None and self.protocol != protocol:
@@ -536,9 +532,14 @@ class Topology:
         return dict(self.vantages)
 
     def vantage_role(self, name: str) -> VantageRole:
-        """The role of a capture point by pcapng interface name or file name."""
+        """The role of a capture point by pcapng interface name or file name. A key written
+        as a path (``captures/rs1.pcap.gz``) also matches its base name without ``.gz``."""
         for n, role in self.vantages:
             if n == name:
+                return role
+        for n, role in self.vantages:
+            base = n.replace("\\", "/").rsplit("/", 1)[-1]
+            if name in (base, base[:-3] if base.endswith(".gz") else None):
                 return role
         return UNKNOWN_ROLE
 

@@ -1,0 +1,314 @@
+"""Fuzz and property tests for the packet engine (issue 2).
+
+Random tails behind valid headers, lying length fields and truncated records must each become
+a counted undecodable frame, never an exception out of the reader; damaged containers give the
+frames before the damage plus a Damage note (or an InputError for a bad file header), never
+another exception.
+
+Frames are built by tests/fuzz_frames.py (valid header prefixes with drawn field values and
+explicit "lie sites"), containers by tests/fuzz_captures.py (the capture writers, then cut or
+a header byte flipped).
+
+Reproducible: every test is derandomized and uses no example database.  Set LVS_FUZZ_SCALE
+(e.g. 10) to multiply the example counts for a deeper local run; the default keeps the whole
+file well under a minute on a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz_captures import captures, damage, read_records
+from fuzz_frames import (LIE_SITES, SUPPORTED_LINKTYPES, UNSUPPORTED_LINKTYPE, Frame, any_frame, frames_for,
+                         pcap_bytes, pcapng_bytes, random_bytes_frame, read_bytes, row_diff, table_rows)
+from lvs_inspect.capture.schema import NONE16, Csum, Status, Tun
+from lvs_inspect.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = float(os.environ.get("LVS_FUZZ_SCALE", "1"))
+
+
+def fuzz(examples: int, **kw):
+    """Reproducible settings: fixed seed, no database, no deadline (the machine is shared)."""
+    return settings(max_examples=max(1, int(examples * SCALE)), derandomize=True, database=None,
+                    deadline=None, print_blob=False, **kw)
+
+
+STATUS_CODES = {int(s) for s in Status}
+CSUM_CODES = {int(c) for c in Csum}
+TUN_CODES = {int(t) for t in Tun if t}
+NON_COMPARED = ("frame", "offset", "ts_ns", "iface")   # where a frame sits, not what it holds
+
+
+# ---- capture assembly --------------------------------------------------------------------------
+
+def batch_strategy(min_size=1, max_size=8, max_lies=2, frame=None):
+    """('pcap' | 'pcapng', frames): a classic pcap holds one link type, a pcapng mixes them."""
+    def one_type(lt):
+        return st.lists(frame(lt) if frame else frames_for(lt, max_lies), min_size=min_size,
+                        max_size=max_size).map(lambda frs: ("pcap", frs))
+    pcap = st.sampled_from(SUPPORTED_LINKTYPES).flatmap(one_type)
+    mixed = st.lists(any_frame(max_lies=max_lies), min_size=min_size, max_size=max_size)
+    return st.one_of(pcap, mixed.map(lambda frs: ("pcapng", frs)))
+
+
+def capture_bytes(fmt: str, frames: list[Frame]) -> bytes:
+    return pcap_bytes(frames) if fmt == "pcap" else pcapng_bytes(frames)
+
+
+def recorded_wirelen(fmt: str, fr: Frame) -> int:
+    return fr.wirelen if fmt == "pcap" else max(fr.wirelen, len(fr.data))
+
+
+def describe(t, i: int, frames: list[Frame] | None = None) -> str:
+    row = {k: v for k, v in table_rows(t)[i].items() if v not in (0, "", "00")}
+    row["status"] = Status(int(t["status"][i])).name
+    fr = f"\n  frame: {frames[i]!r}" if frames is not None else ""
+    return f"row {i}: {row}{fr}"
+
+
+def check(t, mask, what: str, frames=None) -> None:
+    bad = np.flatnonzero(~np.asarray(mask, dtype=bool))
+    assert len(bad) == 0, f"{what} fails for {len(bad)} row(s); first: {describe(t, int(bad[0]), frames)}"
+
+
+# ---- the invariants of a decoded table ----------------------------------------------------------
+
+def check_table(t, frames: list[Frame], fmt: str) -> None:
+    """Everything that must hold for any input, however malformed its frames."""
+    n = len(frames)
+    assert len(t) == n, f"{len(t)} rows for {n} frames"
+    assert t["frame"].tolist() == list(range(1, n + 1))
+    assert t["caplen"].tolist() == [len(f.data) for f in frames]
+    assert t["wirelen"].tolist() == [recorded_wirelen(fmt, f) for f in frames]
+
+    status = t["status"].astype(np.int64)
+    check(t, np.isin(status, list(STATUS_CODES)), "status is a Status value", frames)
+    check(t, np.isin(t["ip_csum"], list(CSUM_CODES)) & np.isin(t["l4_csum"], list(CSUM_CODES)),
+          "checksum verdicts are Csum values", frames)
+
+    (acct,) = t.accounting()
+    assert acct["frames"] == n
+    assert acct["decoded"] + acct["ignored"] + acct["undecodable"] == n, acct
+    assert acct["truncated"] == int((status == Status.SNAPLEN).sum()), acct
+    assert sum(acct["reasons"].values()) == int((status != 0).sum()), acct
+    assert acct["damage"] == [], acct
+
+    lt = np.array([f.linktype for f in frames])
+    check(t, (status == Status.IGNORED_LINKTYPE) == ~np.isin(lt, SUPPORTED_LINKTYPES),
+          "IGNORED_LINKTYPE exactly for unsupported link types", frames)
+
+    cap = t["caplen"].astype(np.int64)
+    wire = t["wirelen"].astype(np.int64)
+    check(t, (status != Status.DECODED) | (cap >= wire), "DECODED frames are whole", frames)
+    check(t, (status != Status.SNAPLEN) | (cap < wire), "SNAPLEN frames are cut", frames)
+
+    vlan, vlan2 = t["vlan"].astype(np.int64), t["vlan2"].astype(np.int64)
+    check(t, ((vlan == NONE16) | (vlan < 4096)) & ((vlan2 == NONE16) | (vlan2 < 4096))
+          & ((vlan2 == NONE16) | (vlan != NONE16)), "VLAN ids are 12-bit, inner only under outer", frames)
+
+    plen = t["payload_len"].astype(np.int64)
+    digest = t["payload_digest"].astype(np.int64)
+    check(t, (plen > 0) | (digest == 0), "no payload, no digest", frames)
+    decoded = status < 10
+    check(t, decoded | ((plen == 0) & (t["l4_csum"] == Csum.NA)),
+          "ignored/undecodable frames have no payload and no L4 checksum verdict", frames)
+
+    # decoded frames are IP or Ethernet/IPv4 ARP
+    ver = t["ip_ver"].astype(np.int64)
+    arp = np.zeros(n, dtype=bool)
+    arp[t.rows_of("arp")] = True
+    check(t, ~decoded | np.isin(ver, (4, 6)) | arp, "a decoded frame is IP or ARP", frames)
+    check(t, ~arp | (decoded & (ver == 0)), "ARP rows are decoded and not IP", frames)
+
+    # IP header lengths
+    hlen = t["ip_hlen"].astype(np.int64)
+    ilen = t["ip_len"].astype(np.int64)
+    ip = decoded & (ver != 0)
+    check(t, ~ip | ((ver == 4) & (hlen >= 20) & (hlen <= 60)) | ((ver == 6) & (hlen >= 40)),
+          "ip_hlen in 20..60 (IPv4) or >= 40 (IPv6)", frames)
+    check(t, ~ip | (hlen % 4 == 0), "ip_hlen is a multiple of 4", frames)
+    check(t, ~ip | (hlen <= ilen), "ip_hlen <= ip_len", frames)
+    check(t, ~ip | (ilen <= wire), "ip_len <= wirelen", frames)
+
+    # transport
+    proto = t["ip_proto"].astype(np.int64)
+    first = (t["ip_frag"].astype(np.int64) & 0x1FFF) == 0
+    more = (t["ip_frag"].astype(np.int64) & 0x2000) != 0
+    seg = ilen - hlen
+    thl = t["tcp_hlen"].astype(np.int64)
+    tcp = ip & first & (proto == 6)
+    udp = ip & first & (proto == 17)
+    icmp = ip & first & np.isin(proto, (1, 58))
+    other = ip & ~tcp & ~udp & ~icmp
+    check(t, ~tcp | ((thl >= 20) & (thl <= 60) & (thl % 4 == 0)), "tcp_hlen in 20..60, a multiple of 4",
+          frames)
+    check(t, ~tcp | (plen == seg - thl), "TCP payload_len == ip_len - ip_hlen - tcp_hlen", frames)
+    check(t, ~udp | more | (plen + 8 <= seg), "UDP payload_len + 8 <= ip_len - ip_hlen", frames)
+    check(t, ~icmp | (plen == np.maximum(seg - 8, 0)), "ICMP payload_len == ip_len - ip_hlen - 8", frames)
+    check(t, ~other | (plen == seg), "payload_len == ip_len - ip_hlen for other protocols and fragments",
+          frames)
+    not_tcp = decoded & ~tcp
+    check(t, ~not_tcp | ((thl == 0) & (t["tcp_flags"] == 0) & (t["tcp_seq"] == 0) & (t["tcp_ack"] == 0)
+                         & (t["tcp_win"] == 0) & (t["tcp_opts"] == 0) & (t["tcp_ws"] == 255)
+                         & (t["toa_kind"] == 0)), "TCP fields are empty unless TCP was decoded", frames)
+    check(t, ~(decoded & ~tcp & ~udp) | ((t["sport"] == 0) & (t["dport"] == 0)),
+          "sport/dport are zero unless TCP/UDP was decoded", frames)
+
+    # sparse groups
+    for g in ("arp", "tun", "icmp"):
+        rows = t.rows_of(g)
+        assert np.all(np.diff(rows) > 0) and (len(rows) == 0 or (rows[0] >= 0 and rows[-1] < n)), g
+    tg = t.group("tun")
+    assert set(tg["tun"].tolist()) <= TUN_CODES and set(tg["out_ver"].tolist()) <= {4, 6}, tg
+    icmp_rows = t.rows_of("icmp")
+    check(t, np.isin(proto[icmp_rows], (1, 58)) | (len(icmp_rows) == 0), "ICMP rows carry ICMP")
+
+
+def decode_capture(fmt: str, frames: list[Frame], **kw):
+    return read_bytes(capture_bytes(fmt, frames), **kw)
+
+
+# ---- frames --------------------------------------------------------------------------------------
+
+@fuzz(300)
+@given(batch_strategy())
+def test_malformed_frames_never_raise_and_rows_stay_sane(batch):
+    fmt, frames = batch
+    check_table(decode_capture(fmt, frames), frames, fmt)
+
+
+@pytest.mark.parametrize("site", LIE_SITES)
+@fuzz(12)
+@given(data=st.data())
+def test_each_lie_alone_is_counted_not_raised(site, data):
+    """One lie at a time, so that every lie site is exercised on every run."""
+    lt = data.draw(st.sampled_from(SUPPORTED_LINKTYPES), label="linktype")
+    frames = [data.draw(frames_for(lt, lies=frozenset({site})), label="frame")]
+    check_table(decode_capture("pcap", frames), frames, "pcap")
+
+
+@fuzz(120)
+@given(st.lists(random_bytes_frame(), min_size=1, max_size=8))
+def test_random_bytes_at_every_link_type(frames):
+    check_table(decode_capture("pcapng", frames), frames, "pcapng")
+    for lt in {f.linktype for f in frames}:       # and each link type alone in a classic pcap
+        same = [f for f in frames if f.linktype == lt]
+        check_table(decode_capture("pcap", same), same, "pcap")
+
+
+@fuzz(150)
+@given(batch_strategy(min_size=2, max_size=6), st.data())
+def test_a_frame_decodes_the_same_alone_and_among_others(batch, data):
+    """Decoding must not depend on the neighbours: a window reading past caplen would see
+    the next record's bytes in a batch, and zeros when the frame is decoded alone."""
+    fmt, frames = batch
+    i = data.draw(st.integers(0, len(frames) - 2), label="target")   # not the last: it has a neighbour
+    among = table_rows(decode_capture(fmt, frames), skip=NON_COMPARED)[i]
+    alone = table_rows(decode_capture(fmt, [frames[i]]), skip=NON_COMPARED)[0]
+    assert among == alone, (f"frame {i} decodes differently among neighbours (among, alone): "
+                            f"{row_diff(among, alone)}\n  frame: {frames[i]!r}\n  next: {frames[i + 1]!r}")
+
+
+@fuzz(60)
+@given(batch_strategy(min_size=1, max_size=6), st.integers(1, 400))
+def test_decoding_does_not_depend_on_chunk_bytes(batch, chunk):
+    fmt, frames = batch
+    whole = decode_capture(fmt, frames)
+    small = decode_capture(fmt, frames, chunk_bytes=chunk)
+    a, b = table_rows(whole), table_rows(small)
+    assert len(a) == len(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert x == y, f"row {i} differs with chunk_bytes={chunk} (default, small): {row_diff(x, y)}"
+    assert whole.accounting() == small.accounting()
+
+
+# ---- containers --------------------------------------------------------------------------------
+
+def _prefix(cap, upto: int, original) -> list[tuple]:
+    """The original records whose record/block ends at or before byte ``upto``."""
+    ends = {b.start: b.end for b in cap.blocks}
+    return [r for r in original.rows if ends[r[1]] <= upto]
+
+
+@fuzz(200)
+@given(captures().flatmap(lambda c: st.tuples(st.just(c), damage(c))))
+def test_damaged_containers_keep_the_frames_before_the_damage(case):
+    cap, dmg = case
+    original = read_records(cap.data)
+    assert original.damage == [] and len(original.rows) == sum(b.kind in ("record", "epb") for b in cap.blocks)
+    header_hit = dmg.at < cap.header_len
+    try:
+        got = read_records(dmg.data)
+    except InputError as err:
+        assert header_hit, f"InputError for damage at byte {dmg.at}, past the file header: {err}"
+        assert str(err).startswith("-: "), str(err)
+        with pytest.raises(InputError):
+            read_records(dmg.data, walk="serial")
+        with pytest.raises(InputError):
+            read_bytes(dmg.data)
+        return
+
+    # the reference walker and a small chunk size see exactly the same records and damage
+    assert read_records(dmg.data, walk="serial") == got
+    assert read_records(dmg.data, chunk_bytes=97) == got
+
+    if dmg.how in ("cut", "gzip-cut"):
+        keep = _prefix(cap, dmg.at, original)
+        assert got.rows == keep, f"{len(got.rows)} records read, {len(keep)} expected before byte {dmg.at}"
+        clean_cut = dmg.how == "cut" and dmg.at in cap.boundaries()
+        if clean_cut:
+            assert got.damage == [], got.damage
+        else:
+            assert got.damage, f"no Damage note for a {dmg.how} at byte {dmg.at}"
+        if dmg.how == "cut" and not clean_cut:
+            assert got.damage == [(cap.block_at(dmg.at).start, got.damage[0][1])], got.damage
+    else:
+        start = cap.block_at(dmg.at).start
+        keep = _prefix(cap, start, original)
+        assert got.rows[:len(keep)] == keep, "a record before the flipped byte changed or went missing"
+        assert all(off >= start for off, _ in got.damage), (start, got.damage)
+    for off, msg in got.damage:
+        assert msg and "\n" not in msg
+
+    # the decoder on top: one row per record, accounting adds up, the same damage
+    t = read_bytes(dmg.data)
+    assert len(t) == len(got.rows)
+    (acct,) = t.accounting()
+    assert acct["frames"] == len(got.rows)
+    assert acct["decoded"] + acct["ignored"] + acct["undecodable"] == acct["frames"]
+    assert [(d["offset"], d["message"]) for d in acct["damage"]] == got.damage
+    assert set(t["status"].tolist()) <= STATUS_CODES
+
+
+@pytest.fixture(scope="module")
+def cli_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz-cli")
+
+
+@fuzz(10)
+@given(captures().flatmap(lambda c: st.tuples(st.just(c), damage(c))), st.booleans())
+def test_cli_summary_exits_0_or_2_never_a_traceback(cli_dir, case, gz_name):
+    cap, dmg = case
+    path = cli_dir / ("damaged.pcap.gz" if gz_name else "damaged.pcap")
+    path.write_bytes(dmg.data)
+    p = subprocess.run([sys.executable, "-m", "lvs_inspect.cli", "frames", str(path), "--summary"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode in (0, 2), f"exit {p.returncode}\n{p.stderr}"
+    assert "Traceback" not in p.stderr, p.stderr
+    if p.returncode == 2:
+        lines = p.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"lvs-inspect: {path}: "), p.stderr
+        assert dmg.at < cap.header_len, f"exit 2 for damage past the file header: {p.stderr}"
+    else:
+        kind = cap.fmt + (" (gzip)" if dmg.how == "gzip-cut" else "")
+        assert p.stdout.startswith(f"{path}: {kind}, "), p.stdout
+        assert p.stderr == "", p.stderr
