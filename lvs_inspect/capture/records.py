@@ -767,7 +767,7 @@ class InputRecords:
         need = 0
         stopped = False
         try:
-            while True:
+            while self._fh is not None:         # None: closed by the caller
                 k = len(leftover)
                 want = max(k + self.chunk_bytes, need)
                 full = np.empty(want + _SLACK, dtype=np.uint8)   # slack for row views
@@ -775,12 +775,12 @@ class InputRecords:
                 mv[:k] = leftover
                 try:
                     got = (self._src.readinto(mv[k:], min_bytes=max(1, need - k))
-                           if self._fh is not None and not self._src.eof else 0)
+                           if not self._src.eof else 0)
                 except OSError as err:
                     self._note(base + k, f"read error: {err.strerror or err}")
                     got, stopped = 0, True
                 n = k + got
-                eof = stopped or self._fh is None or self._src.eof
+                eof = stopped or self._src.eof
                 if n == 0:
                     break
                 arr = full[:n]
@@ -811,7 +811,6 @@ class InputRecords:
         cols = self._acc.columns()
         if cols is None:
             return None
-        n = len(cols["seq"])
         if self.format == "pcap":
             ts = cols["ts"]
         else:
