@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from fuzz_frames import SUPPORTED_LINKTYPES, TS0, U16, any_frame
+from fuzz_frames import SUPPORTED_LINKTYPES, TS0, U16, any_frame, hexbytes
 from lvs_inspect.capture.records import open_input
 from lvs_inspect.capture.writer import PcapngWriter, PcapWriter
 
@@ -47,7 +47,10 @@ class Capture:
     blocks: tuple[Block, ...] = field(repr=False)
 
     def __repr__(self) -> str:
-        return f"Capture({self.fmt!r}, bytes.fromhex({self.data.hex()!r}))"
+        return f"Capture({self.fmt!r}, {hexbytes(self.data)})"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
 
     @property
     def header_len(self) -> int:
@@ -153,7 +156,10 @@ class Damaged:
     at: int                 # decompressed offset of the damage (cut point / flipped byte)
 
     def __repr__(self) -> str:
-        return f"Damaged({self.how!r}, at={self.at}, data=bytes.fromhex({self.data.hex()!r}))"
+        return f"Damaged({self.how!r}, at={self.at}, data={hexbytes(self.data)})"
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
 
 
 def decompressible(gz: bytes) -> int:

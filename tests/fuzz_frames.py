@@ -35,6 +35,8 @@ TAIL = st.binary(max_size=48)
 SUPPORTED_LINKTYPES = (1, 101, 113, 228, 229, 276, 0)
 UNSUPPORTED_LINKTYPE = 147          # LINKTYPE_USER0
 MAX_DEPTH = 2                       # tunnels and ICMP errors nest at most this deep
+MAX_EXT_UNITS = 40                  # IPv6 extension header length field (8-byte units - 1) at most
+MAX_BULK = 0xFFFF                   # zero bytes that may lengthen a packet
 TS0 = 1_700_000_000_000_000_000
 
 LIE_SITES = (
@@ -55,8 +57,20 @@ class Frame:
     wirelen: int
 
     def __repr__(self) -> str:     # what hypothesis prints for a falsifying example
-        return (f"Frame(linktype={self.linktype}, data=bytes.fromhex({self.data.hex()!r}), "
-                f"wirelen={self.wirelen})")
+        return f"Frame(linktype={self.linktype}, data={hexbytes(self.data)}, wirelen={self.wirelen})"
+
+    def _repr_pretty_(self, p, cycle) -> None:    # hypothesis' printer for st.data() draws
+        p.text(repr(self))
+
+
+def hexbytes(b: bytes) -> str:
+    """Python source for ``b``: hex, with a long run of trailing zero bytes written as bytes(n)."""
+    body = b.rstrip(b"\0")
+    zeros = len(b) - len(body)
+    if zeros < 16:
+        body, zeros = b, 0
+    text = f"bytes.fromhex({body.hex()!r})"
+    return f"{text} + bytes({zeros})" if zeros else text
 
 
 def _clip(v: int, bits: int) -> int:
@@ -78,6 +92,7 @@ def lying_len(true: int, bits: int = 16) -> st.SearchStrategy[int]:
 def bulk(draw, room: int) -> bytes:
     """Zero bytes that make a packet long (up to ``room``, the most its length fields allow):
     big packets are honest, and a capture usually keeps only their start (snaplen)."""
+    room = min(room, MAX_BULK)
     if room <= 0:
         return b""
     how = draw(st.sampled_from(("none", "none", "none", "some", "all")))
@@ -264,7 +279,7 @@ def ipv6_ext_chain(draw, lies: frozenset) -> tuple[list[int], list[bytes]]:
             field = pick(draw, lies, "ext_len", words, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=4 * words + 6, max_size=4 * words + 6)))
         else:          # hop-by-hop, routing, destination options, mobility: 8-byte units minus 1
-            units = draw(st.one_of(st.integers(0, 3), st.integers(0, 40)))   # up to 328 bytes
+            units = draw(st.one_of(st.integers(0, min(3, MAX_EXT_UNITS)), st.integers(0, MAX_EXT_UNITS)))
             field = pick(draw, lies, "ext_len", units, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=8 * units + 6, max_size=8 * units + 6)))
     return types, out
@@ -438,6 +453,6 @@ def row_diff(a: dict, b: dict) -> dict:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-__all__ = ["Frame", "LIE_SITES", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
+__all__ = ["Frame", "hexbytes", "LIE_SITES", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
            "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES",
            "UNSUPPORTED_LINKTYPE"]

@@ -213,7 +213,7 @@ def test_gue_on_configured_port_only(tmp_path):
 
 def test_tunnel_with_bad_inner_is_undecodable(tmp_path):
     t = decode(tmp_path, [eth(outer4(4, b"\x45" + b"\0" * 5))])
-    assert t["status"][0] >= 50
+    assert t["status"][0] == Status.UNDECODABLE_TUNNEL
 
 
 # ---- ICMP ---------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ import time
 import numpy as np
 import pytest
 
-from lvs_inspect.capture.records import (Damage, InputRecords, RecordBatch, Vantage,
-                                         _Chain, _Scratch, open_input)
+from lvs_inspect.capture.records import (RecordBatch, Vantage, _Chain, _Scratch,
+                                         open_input)
 from lvs_inspect.errors import InputError
 from test_records_build import Pcapng, eth_frame, pcap, write
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,8 @@ FIELDS = [
     "frame.number", "frame.len", "frame.cap_len", "frame.time_epoch", "frame.interface_name",
     "eth.src", "eth.dst", "sll.src.eth", "vlan.id", "ieee8021ad.id",
     "arp.opcode", "arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.hw_mac", "arp.dst.proto_ipv4",
-    "ip.src", "ip.dst", "ip.ttl", "ip.id", "ip.len", "ip.proto", "ip.flags", "ip.frag_offset", "ip.dsfield",
+    "ip.src", "ip.dst", "ip.ttl", "ip.id", "ip.len", "ip.proto", "ip.flags.rb", "ip.flags.df", "ip.flags.mf",
+    "ip.frag_offset", "ip.dsfield",
     "ip.hdr_len",
     "ipv6.src", "ipv6.dst", "ipv6.hlim", "ipv6.plen", "ipv6.tclass",
     "ipv6.fraghdr.ident", "ipv6.fraghdr.offset", "ipv6.fraghdr.more",
@@ -137,33 +139,47 @@ def _norm_addr(s: str) -> str:
 
 
 def _num(s: str) -> int:
+    # booleans print as 1/0 up to Wireshark 4.0 and as True/False from 4.2 on
+    if s in ("True", "False"):
+        return int(s == "True")
     return int(s, 0)
+
+
+def _frag_fields(v: int) -> dict:
+    """IPv4 flags+offset field as tshark shows it (booleans per flag; offset in 8-byte units)."""
+    return {"ip.flags.rb": ("int", (v >> 15) & 1), "ip.flags.df": ("int", (v >> 14) & 1),
+            "ip.flags.mf": ("int", (v >> 13) & 1), "ip.frag_offset": ("int", v & 0x1FFF)}
 
 
 def expected_headers(t, r):
     """Our view of the frame as tshark lists it: per protocol, one dict per header, in order.
     Values are (kind, value) with kind 'addr', 'mac', 'int'."""
-    A = lambda k: ("addr", t.addr_str(k))  # noqa: E731
+    def A(key, ver=4):
+        # key 0 stands for "absent" and for 0.0.0.0 / :: alike: the header says which
+        return ("addr", t.addr_str(key) or ("0.0.0.0" if ver == 4 else "::"))
+
     I = lambda v: ("int", int(v))  # noqa: E731
     v4, v6, tcps, udps = [], [], [], []
     tunneled = r["tun"] != 0
     fragment_tail = (r["ip_frag"] & 0x1FFF) != 0
     fragment = fragment_tail or (r["ip_frag"] & 0x2000) != 0
     if tunneled:
-        h = {"src": A(r["out_src"]), "dst": A(r["out_dst"]), "ttl": I(r["out_ttl"]), "tos": I(r["out_tos"])}
+        ov = r["out_ver"]
+        h = {"src": A(r["out_src"], ov), "dst": A(r["out_dst"], ov), "ttl": I(r["out_ttl"]), "tos": I(r["out_tos"])}
         if r["out_ver"] == 4:
-            h.update({"ip.id": I(r["out_id"]), "ip.flags": I(r["out_frag"] >> 13),
-                      "ip.frag_offset": I(r["out_frag"] & 0x1FFF)})
+            h.update(_frag_fields(r["out_frag"]))
+            h["ip.id"] = I(r["out_id"])
             v4.append(h)
         else:
             v6.append(h)
         if r["tun"] == TUN_GUE:
             udps.append({"udp.srcport": I(r["out_sport"]), "udp.dstport": I(r["out_dport"])})
     if r["ip_ver"]:
-        h = {"src": A(r["ip_src"]), "dst": A(r["ip_dst"]), "ttl": I(r["ip_ttl"]), "tos": I(r["ip_tos"])}
+        iv = r["ip_ver"]
+        h = {"src": A(r["ip_src"], iv), "dst": A(r["ip_dst"], iv), "ttl": I(r["ip_ttl"]), "tos": I(r["ip_tos"])}
         if r["ip_ver"] == 4:
-            h.update({"ip.id": I(r["ip_id"]), "ip.flags": I(r["ip_frag"] >> 13),
-                      "ip.frag_offset": I(r["ip_frag"] & 0x1FFF), "ip.len": I(r["ip_len"]),
+            h.update(_frag_fields(r["ip_frag"]))
+            h.update({"ip.id": I(r["ip_id"]), "ip.len": I(r["ip_len"]),
                       "ip.proto": I(r["ip_proto"]), "ip.hdr_len": I(r["ip_hlen"])})
             v4.append(h)
         else:
@@ -185,7 +201,8 @@ def expected_headers(t, r):
                 h["udp.payload"] = I(r["payload_len"])
             udps.append(h)
     if r["icmp_in_ver"]:
-        h = {"src": A(r["icmp_in_src"]), "dst": A(r["icmp_in_dst"])}
+        ev = r["icmp_in_ver"]
+        h = {"src": A(r["icmp_in_src"], ev), "dst": A(r["icmp_in_dst"], ev)}
         if r["icmp_in_ver"] == 4:
             h["ip.proto"] = I(r["icmp_in_proto"])
             v4.append(h)
@@ -287,13 +304,12 @@ def compare_frame(t, r, ts, where: str, errs: list[str]) -> None:
         cmp("gre.flags_and_version", "int", r["tun_flags"], at("gre.flags_and_version"))
 
 
-@pytest.mark.tshark
-@pytest.mark.parametrize("path", TRACES, ids=[_id(p) for p in TRACES])
-def test_crosscheck_with_tshark(path: Path):
+def crosscheck(path: Path, rel: str) -> tuple[list[str], int]:
+    """Compare one trace with tshark; returns (mismatch messages, decoded frames)."""
     theirs = tshark_rows(path)
     t, ours = read_ours(path)
-    rel = _id(path)
-    assert len(ours) == len(theirs), f"{rel}: {len(ours)} frames decoded by us, tshark shows {len(theirs)}"
+    if len(ours) != len(theirs):
+        return [f"{rel}: {len(ours)} frames decoded by us, tshark shows {len(theirs)}"], 0
     errs: list[str] = []
     decoded = 0
     for r, ts in zip(ours, theirs):
@@ -315,8 +331,48 @@ def test_crosscheck_with_tshark(path: Path):
             continue
         decoded += 1
         compare_frame(t, r, ts, where, errs)
+    return errs, decoded
+
+
+def _report(errs: list[str], rel: str, decoded: int) -> str:
     shown = "\n".join(errs[:60]) + (f"\n... and {len(errs) - 60} more" if len(errs) > 60 else "")
-    assert not errs, f"{len(errs)} mismatches with tshark in {rel} ({decoded} decoded frames):\n{shown}"
+    return f"{len(errs)} mismatches with tshark in {rel} ({decoded} decoded frames):\n{shown}"
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("path", TRACES, ids=[_id(p) for p in TRACES])
+def test_crosscheck_with_tshark(path: Path):
+    rel = _id(path)
+    errs, decoded = crosscheck(path, rel)
+    assert not errs, _report(errs, rel, decoded)
+
+
+LAB_SCRIPT = FIXTURES / "engine" / "make_lab_fixtures.sh"
+
+
+@pytest.mark.lab
+@pytest.mark.tshark
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario,folders", [("nat", ["lab-nat-http"]), ("dr", ["lab-dr-http"]),
+                                              ("fullnat", ["lab-fullnat-http"]),
+                                              ("any", ["lab-any-sll2", "lab-any-sll"])])
+def test_lab_script_rebuilds_checkable_traces(tmp_path: Path, scenario: str, folders: list[str]):
+    """make_lab_fixtures.sh still works (into a temporary folder), leaves no namespace behind, and
+    what it captures decodes like tshark says."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab test needs root (network namespaces, nftables, capture): run it as root")
+    env = dict(os.environ, LVSFX_OUT=str(tmp_path), NREQ="2")
+    p = subprocess.run(["bash", str(LAB_SCRIPT), scenario], env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, f"make_lab_fixtures.sh {scenario} failed:\n{p.stderr[-2000:]}"
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"lvsfx-{'fnat' if scenario == 'fullnat' else scenario}-" not in left, f"namespaces left behind:\n{left}"
+    for folder in folders:
+        d = tmp_path / folder
+        traces = sorted(d.glob("trace.*"))
+        assert traces and (d / "README.md").exists() and (d / "director.nft").exists(), f"{d}: incomplete"
+        errs, decoded = crosscheck(traces[0], f"{scenario}:{folder}")
+        assert decoded > 20, f"{folder}: only {decoded} frames decoded"
+        assert not errs, _report(errs, folder, decoded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +421,9 @@ def test_expected_values(trace: Path, doc: dict):
                         extra = f" ({status_category(want_v)} expected, {status_category(got)} got)"
                     errs.append(f"{rel} frame {fno}: {field}: ours {gname}, expected {want}{extra}")
             elif field in ADDR_FIELDS:
-                if _norm_addr(t.addr_str(got)) != _norm_addr(want):
+                # key 0 is both "absent" and the all-zero address
+                text = t.addr_str(got) or ("::" if ":" in want else "0.0.0.0" if want else "")
+                if _norm_addr(text) != _norm_addr(want):
                     errs.append(f"{rel} frame {fno}: {field}: ours {t.addr_str(got)!r}, expected {want!r}")
             elif got != want:
                 errs.append(f"{rel} frame {fno}: {field}: ours {got!r}, expected {want!r}")

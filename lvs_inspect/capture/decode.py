@@ -421,7 +421,11 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
 
     tunnelled = tun > 0
     if tunnelled.any():
-        inner = _ip_layer(f, inner_pos, tunnelled & (status == 0), inner_want, status)
+        inner_status = np.zeros(n, dtype=np.uint8)
+        inner = _ip_layer(f, inner_pos, tunnelled & (status == 0), inner_want, inner_status)
+        # a bad inner header is a bad tunnel payload, unless snaplen cut it
+        inner_status[(inner_status != 0) & (inner_status != Status.UNDECODABLE_SNAPLEN)] = Status.UNDECODABLE_TUNNEL
+        status[:] = np.where((status == 0) & (inner_status != 0), inner_status, status)
         tun[~inner.ok] = 0
         tunnelled = tun > 0
         sel = np.flatnonzero(tunnelled)

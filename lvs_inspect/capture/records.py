@@ -702,7 +702,8 @@ class InputRecords:
         self._p_fracmul = fracmul
         self._p_fracmax = 1_000_000 if fracmul == 1000 else 1_000_000_000
         self._p_snaplen = snaplen
-        self._p_maxrec = max(snaplen, PCAP_MAX_RECORD)
+        # Wireshark's bound, capped so that a lying length cannot make us buffer GBs
+        self._p_maxrec = min(max(snaplen, PCAP_MAX_RECORD), MAX_BLOCK)
         v = self._add_vantage(index=0, name=self._basename, linktype=network & 0xFFFF,
                               snaplen=snaplen,
                               tsresol=Fraction(1000) if fracmul == 1000 else Fraction(1),
