@@ -401,7 +401,9 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
         udport = _u16(wu, 2)
         gue_c &= np.isin(udport, opts.gue_ports)
         if gue_c.any():
-            gue_c = _cut(f, l4o + 12, gue_c, status, Status.UNDECODABLE_TUNNEL)
+            short_gue = gue_c & ((ip.tlen - ip.hlen) < 12)   # the IP length leaves no room for UDP + GUE
+            _set_status(status, short_gue, Status.UNDECODABLE_TUNNEL)
+            gue_c = _cut(f, l4o + 12, gue_c & ~short_gue, status, Status.UNDECODABLE_TUNNEL)
             b0 = wu[:, 8]
             gver = b0 >> 6
             ghl = (b0 & 0x1F).astype(np.int64) * 4
