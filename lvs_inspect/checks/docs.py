@@ -70,17 +70,13 @@ def render_rule(rule: Rule) -> str:
     lines.append("")
     out = "\n".join(lines) + "\n"
 
-    what = []
-    if rule.select is not None:
-        what.append(f"{_IND}select: {_flat(rule.select.text)}")
-    else:
-        what.append(f"{_IND}select: every row")
+    what = [_hang("select: ", _flat(rule.select.text) if rule.select is not None else "every row")]
     if rule.assertion is not None:
-        what.append(f"{_IND}assert: {_flat(rule.assertion.text)}")
+        what.append(_hang("assert: ", _flat(rule.assertion.text)))
         what.append(f"{_IND}It reports each row where select holds and assert does not.")
     else:
         what.append(f"{_IND}It reports each row where select holds.")
-    out += _section("What it checks", "\n".join(_wrap(x, "") if len(x) > WIDTH else x for x in what))
+    out += _section("What it checks", "\n".join(what))
     out += "\n" + _section("Message", _wrap(rule.message.text))
     if rule.expected or rule.observed:
         vals = []
@@ -105,6 +101,13 @@ def render_rule(rule: Rule) -> str:
             fx.append(_IND + "quiet on: " + ", ".join(rule.tests.quiet))
         out += "\n" + _section("Fixtures", "\n".join(fx))
     return out
+
+
+def _hang(label: str, text: str) -> str:
+    """``    label: text`` with continuation lines aligned after the label."""
+    return "\n".join(textwrap.wrap(text, WIDTH, initial_indent=_IND + label,
+                                   subsequent_indent=_IND + " " * len(label),
+                                   break_long_words=False, break_on_hyphens=False))
 
 
 def _flat(text: str) -> str:

@@ -250,7 +250,9 @@ class _Source:
                     # point at the next non-blank raw character
                     while j < end and self.text[j].isspace():
                         j += 1
-                return min(j, max(start, end - 1))
+                    return min(j, max(start, end - 1))
+                k = self.text.find(ch, j, end)
+                return k if k >= 0 else min(j, max(start, end - 1))
             if ch.isspace():
                 continue
             k = self.text.find(ch, j, end)

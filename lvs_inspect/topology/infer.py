@@ -216,6 +216,10 @@ def _vantage_evidence(everyone: pd.DataFrame, copies: pd.DataFrame, dmacs: set) 
     e.loc[rewritten, "what"] = "copy:" + pd.Series(rip, index=e.index)[rewritten].astype(str)
     into_d = (e["what"] == "pre") & e["eth_dst"].isin(list(dmacs))
     e.loc[into_d, "what"] = "into-director"
+    # the client's frame seen twice on its segment: the later capture is the receiving director's
+    orig = e[e["what"] == "orig"].sort_values("ts", kind="stable")
+    later = orig.groupby("grp").cumcount() > 0
+    e.loc[later[later].index, "what"] = "into-director"
     dr_last = copies[copies["mode"] == "dr"]
     for _, row in dr_last.iterrows():   # DR: the copy to the real server's MAC
         m = (e["grp"] == row["grp"]) & (e["eth_dst"] == row["eth_dst"])
@@ -223,6 +227,12 @@ def _vantage_evidence(everyone: pd.DataFrame, copies: pd.DataFrame, dmacs: set) 
     seen = defaultdict(Counter)
     for (iface, what), n in e[["iface", "what"]].value_counts().items():
         seen[int(iface)][what] += int(n)
+    # a copy seen at two capture points: the earlier one is the director's sending side
+    cp = e[e["what"].str.startswith("copy:")].sort_values("ts", kind="stable")
+    twice = cp.groupby(["grp", "what"])["iface"].transform("size") > 1
+    sent = cp[twice & (cp.groupby(["grp", "what"]).cumcount() == 0)]
+    for iface, n in sent["iface"].value_counts().items():
+        seen[int(iface)]["sent-copy"] += int(n)
     return seen
 
 
@@ -241,6 +251,8 @@ def _vantage_roles(t: PacketTable, seen, mac_ip) -> dict[str, VantageRole]:
         copies = {k: n for k, n in c.items() if k.startswith("copy:")}
         if before and copies:
             roles[v.name] = VantageRole("director")
+        elif copies and c.get("sent-copy", 0) * 2 > sum(copies.values()):
+            roles[v.name] = VantageRole("director", side="rs-side")
         elif copies and len(copies) == 1:
             rip = int(next(iter(copies)).split(":")[1])
             if rip < 0:
