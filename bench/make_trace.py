@@ -1,26 +1,86 @@
 #!/usr/bin/env python3
-"""Write a realistic, deterministic multi-vantage LVS trace for the benchmark.
+"""Write a realistic, deterministic multi-vantage LVS trace for the benchmark and the synthetic fixtures.
 
     python bench/make_trace.py --frames 1000000 --out bench/out/trace-1000000.pcapng [--seed 1]
-                               [--mode nat|dr] [--format pcapng|pcap] [--split]
+                               [--mode nat|dr|tun|fullnat] [--tun ipip|gue|gre] [--profile dpvs|alibaba]
+                               [--fault NAME ...] [--small] [--format pcapng|pcap] [--split]
 
 The trace is what one dumpcap on the lab host would write while watching four veth ends:
 
     p-client   the site router's upstream link  (clients 198.18.0.0/15 arrive here, from 02:00:00:00:0a:01)
     p-dir-c    router <-> director, client side  (VIP 203.0.113.100 on the director, 02:00:00:00:00:02)
-    p-dir-r    director <-> real servers          (DIP 192.0.2.1, RIPs 192.0.2.11-14, 02:00:00:00:00:11-14)
+    p-dir-r    director <-> real servers          (DIP 192.0.2.1, RIPs 192.0.2.11-14, 02:00:00:00:00:11-14;
+                                                   FullNAT: LIPs 192.0.2.200 and 192.0.2.201 on it too)
     p-rs1      real server 1's own interface     (only RS1's traffic and the segment's broadcasts)
 
 Traffic: HTTP/1.1 over TCP to 203.0.113.100:80 (handshake with MSS/SACK-permitted/timestamps/window
-scale, 1-3 requests per connection with keep-alive, responses of log-normal size cut into 1448-byte
+scale, 1-3 requests per connection with keep-alive, responses of log-normal size cut into full
 segments sent in slow-start rounds, delayed ACKs, FIN or RST), DNS over UDP to 203.0.113.100:53 (the
 same virtual service machinery), a few pings to the VIP answered by the director, and ARP on every
-segment.  Each packet appears at every vantage point it crosses, with the rewrites of the mode:
-NAT: VIP->RIP on the D->R hop and RIP->VIP on the way back, TTL-1 per router hop and on D->R (kernel
->= 4.10), MACs per segment, IP and L4 checksums recomputed.  DR: MACs and TTL only on D->R, replies
-go from the real server straight to the router.  Blocks are written in dumpcap's order: each
-interface in time order, interfaces interleaved in per-interface batches (so not in strict time order
-across interfaces).  Only documentation addresses and locally administered MACs are used.
+segment.  Each packet appears at every vantage point it crosses, with the rewrites of the mode
+(SEMANTICS.md section 1):
+
+nat      VIP->RIP on the D->R hop and RIP->VIP on the way back, TTL-1 per router hop and on D->R (kernel
+         >= 4.10), MACs per segment, IP and L4 checksums recomputed.
+dr       MACs and TTL only on D->R; replies go from the real server straight to the router (192.0.2.254).
+tun      D->R: the client packet (TTL-1, inner IP checksum recomputed) in an outer IPv4 header, src DIP
+         192.0.2.1, dst RIP, outer TTL = inner TTL after the decrement, DF and TOS copied from the inner
+         header, outer ID 0 when DF is set.  --tun ipip (protocol 4, the default), gue (UDP to 6080 from
+         a per-flow source port in 32768-60999, UDP checksum 0, 4-byte GUE header: version 0, C=0,
+         hlen 0, proto_ctype 4) or gre (protocol 47, 4-byte header, protocol 0x0800).  Real servers
+         answer straight to the client (src VIP:vport, RS port = service port) through the router, as DR.
+fullnat  D->R: LIP:lport -> RIP:rport (rport 8080 for HTTP, 53 for DNS; LIPs 192.0.2.200/201 round robin
+         per connection; lport DPVS: per-LIP, per-worker (2 workers, worker = low bit), per-destination
+         sapool taken in order from 1025-65535; Alibaba: sequential per LIP from 5000), TTL/ID/TOS/DF
+         unchanged, seq + D1 (a random per-connection delta); the SYN's timestamp option becomes 10 NOP
+         bytes, so the real server answers without timestamps and the whole connection runs without
+         them (full segments are 1460 bytes); TOA (kind 254, len 8, client port and IPv4 in network
+         order, right after the 20-byte header: doff +2, IP total length +8) on every client segment whose
+         ack is the server's ISN+1 (the handshake ACK and the first request), not on SYN/RST; --profile
+         dpvs (default, DPVS >= 1.9.6: not on the SYN, FIN allowed) or alibaba (also on the SYN, not on
+         FIN).  R->D: RIP:rport -> LIP:lport, ack + D1.  D->C: VIP:vport -> CIP:cport, ack back to the
+         client's numbers, the SYN-ACK's MSS lowered by 8, TTL unchanged.  UDP (DNS) gets the same
+         address and port rewrite (no TOA, no UOA).  The real servers resolve the LIPs by ARP.
+
+Faults (--fault NAME, repeatable; each only where it says):
+
+toa-missing          fullnat: about 15 % of the connections (always the second one) have no TOA on
+                     the handshake ACK toward the real server (their first request still carries it).
+toa-wrong            fullnat: about 15 % of the connections (always the second one) carry a TOA whose
+                     port is the client port in host byte order (bytes swapped; cport^1 when the swap is
+                     a no-op) on every TOA-carrying segment.
+toa-forged           fullnat: about 15 % of the clients (always the second connection's) put their own
+                     kind-254 option (len 8, 198.51.100.99:1234) right after the TCP header of their
+                     handshake ACK and first request.  DPVS replaces it with 8 NOPs behind its own TOA;
+                     Alibaba passes it through behind its own TOA (SEMANTICS section 3).
+nat-bypass           nat: real server 1 has a route to 198.18.0.0/16 via the site router (192.0.2.254)
+                     instead of the director (SEMANTICS section 8 #1).  Its connections from those clients:
+                     the D->R SYN is normal, RS1's SYN-ACK leaves with src RIP:80 toward the router
+                     (p-rs1, then p-client with TTL 63) and never reaches the director; the client answers
+                     RST to RIP (p-client, then p-rs1), retransmits the SYN after 1 s and 3 s (same
+                     pattern each time, a new server ISN) and gives up.  DNS answers from RS1 to those
+                     clients take the same way (src RIP:53) and are ignored.  RS1 resolves the router by ARP.
+ttl-not-decremented  nat, dr, tun: the director does not decrement the TTL on the D->R hop (kernel < 4.10
+                     behaviour), for every packet; the TUN outer TTL equals the unchanged inner TTL.  The
+                     NAT reply hop still loses 1 (ordinary forwarding).
+arp-leak             dr: the router's director-side segment and the real servers' segment are one L2
+                     domain (broadcasts of both appear on p-dir-c, p-dir-r and p-rs1) and RS1 answers ARP
+                     for the VIP (arp_ignore 0): every router ARP request for the VIP (one is placed at 30 %
+                     of the traffic) gets the director's reply and then RS1's ("VIP is-at 02:..:11"), which
+                     wins.  From RS1's first reply on, every client packet for the VIP goes from the router
+                     (eth_src 02:00:00:00:01:02) to RS1's MAC with TTL ttl0-1 (never decremented by the
+                     director) and is seen only on p-client and p-rs1, with no D->R copy: new connections,
+                     DNS and pings are all served by RS1 (replies with src VIP through the router);
+                     connections already scheduled on RS2-4 get RS1's RST (seq = the ack of the first
+                     diverted segment) and end there.  RS1's ARP requests for its gateway carry sender IP =
+                     VIP (arp_announce 0).
+
+--small shrinks payloads for committed fixtures (responses a quarter of the size, 40 B - 4 KB;
+cookies at most 48 characters); the default output for nat and dr without faults is unchanged.
+
+Blocks are written in dumpcap's order: each interface in time order, interfaces interleaved in
+per-interface batches (so not in strict time order across interfaces).  Only documentation
+addresses and locally administered MACs are used.
 
 Speed: packets are never objects.  Each logical packet is a row of numpy columns; each observation
 (packet x vantage point) is a row of a fixed-width uint8 header matrix filled column by column
@@ -70,6 +130,12 @@ GW_DIR_IP, DIR_EXT_IP = _ip("203.0.113.1"), _ip("203.0.113.2")
 DIP, GW_RS_IP = _ip("192.0.2.1"), _ip("192.0.2.254")
 CLIENT_NET = _ip("198.18.0.0")         # 198.18.0.0/15
 HTTP_PORT, DNS_PORT = 80, 53
+LIPS = np.array([_ip("192.0.2.200"), _ip("192.0.2.201")], dtype=np.uint64)   # FullNAT local addresses
+FNAT_RPORT_HTTP = 8080                 # FullNAT: the real servers listen on 8080 for VIP:80
+FNAT_MSS = MSS                         # FullNAT: no timestamps (the SYN's TS option is NOP'd), full segments
+GUE_PORT = 6080
+BYPASS_NET, BYPASS_MASK = _ip("198.18.0.0"), 0xFFFF0000   # nat-bypass: RS1's stray route (a /16)
+FORGED_IP, FORGED_PORT = _ip("198.51.100.99"), 1234        # toa-forged: what the client claims
 
 VANTAGES = ("p-client", "p-dir-c", "p-dir-r", "p-rs1")
 V_CLIENT, V_DIRC, V_DIRR, V_RS1 = range(4)
@@ -79,13 +145,27 @@ V_SEGMENT = (0, 1, 2, 2)
 K_TCP, K_UDP, K_ICMP, K_ARP = range(4)
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
-# header matrix layout: 28 bytes of block header (pcapng EPB; pcap uses its last 16), then the frame
+# header matrix layout: 28 bytes of block header (pcapng EPB; pcap uses its last 16), then the frame:
+# Ethernet, [tunnel outer headers], IPv4, TCP/UDP/ICMP header (or ARP right after Ethernet)
 PRE = 28
 ETH = PRE
-IP4 = ETH + 14
-L4 = IP4 + 20
-W = L4 + 40                                      # widest header: TCP with the SYN options
-HL_TCP, HL_SYN, HL_SMALL = 66, 74, 42            # frame header length per class (UDP, ICMP, ARP: 42)
+
+# TCP option layouts (per observation): the bytes after the 20-byte header, before any TOA prefix
+OPT_NONE, OPT_TS, OPT_SYN, OPT_SYN_TSNOP, OPT_SYNACK_NOTS = range(5)
+OPT_DERIVE = 255                                  # logical column "opt": take the default layout
+OPT_LEN = np.array([0, 12, 20, 20, 12], dtype=np.int64)
+# tunnel encapsulation (TUN D->R): bytes between Ethernet and the inner IPv4 header
+ENC_NONE, ENC_IPIP, ENC_GUE, ENC_GRE = range(4)
+ENC_LEN = np.array([0, 20, 32, 24], dtype=np.int64)
+ENC_PROTO = np.array([0, 4, 17, 47], dtype=np.uint64)
+TUN_ENC = {"ipip": ENC_IPIP, "gue": ENC_GUE, "gre": ENC_GRE}
+# path of a logical packet when a fault sends it another way (observe() routes by it)
+PATH_NORMAL, PATH_BYPASS, PATH_LEAK = 0, 1, 2
+
+FAULTS = {  # name: modes it applies to (documented in the module docstring)
+    "toa-missing": ("fullnat",), "toa-wrong": ("fullnat",), "toa-forged": ("fullnat",),
+    "nat-bypass": ("nat",), "ttl-not-decremented": ("nat", "dr", "tun"), "arp-leak": ("dr",),
+}
 
 
 # ---------------------------------------------------------------------------------------- payloads
@@ -129,7 +209,7 @@ _WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod
           "officia deserunt mollit anim id est laborum").split()
 
 
-def build_pool(rng: np.random.Generator):
+def build_pool(rng: np.random.Generator, small: bool = False):
     pool = Pool()
     # a body text to cut responses from: HTML-ish words
     words = rng.choice(np.array(_WORDS), size=160_000)
@@ -143,12 +223,16 @@ def build_pool(rng: np.random.Generator):
     req = []
     for i in range(512):
         cookie = "".join(rng.choice(list("0123456789abcdef"), size=int(rng.integers(0, 640))).tolist())
+        if small:
+            cookie = cookie[:48]
         r = (f"GET {paths[i % len(paths)]}?id={i} HTTP/1.1\r\nHost: www.example.com\r\n"
              f"User-Agent: {agents[i % len(agents)]}\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
              + (f"Cookie: session={cookie}\r\n" if cookie else "") + "Connection: keep-alive\r\n\r\n")
         req.append(pool.add(r.encode()))
     resp = []
     sizes = np.clip(rng.lognormal(np.log(1500), 1.25, size=512), 40, 180_000).astype(int)
+    if small:
+        sizes = np.clip(sizes // 4, 40, 4000)
     for i, n in enumerate(sizes.tolist()):
         ctype = ("text/html", "application/json", "text/css", "application/javascript", "image/png")[i % 5]
         hdr = (f"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 01 May 2024 12:00:00 GMT\r\n"
@@ -205,6 +289,7 @@ LOGICAL = {  # name: (default, dtype)
     "icmp_type": (0, np.uint8), "icmp_id": (0, np.uint16), "icmp_seq": (0, np.uint16),
     "arp_op": (0, np.uint16), "arp_sha": (0, np.uint64), "arp_spa": (0, np.uint64),
     "arp_tha": (0, np.uint64), "arp_tpa": (0, np.uint64), "arp_dst": (0, np.uint64), "seg": (0, np.uint8),
+    "path": (PATH_NORMAL, np.uint8), "opt": (OPT_DERIVE, np.uint8),
 }
 
 
@@ -227,10 +312,15 @@ def _grp_rank(keys: list[np.ndarray]) -> np.ndarray:
     return rank
 
 
-def gen_logical(seed: int, n_conn: int, mode: str):
-    """All packets once, at the director (td = time at the director, ns from the trace start)."""
+def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
+    """All packets once, at the director (td = time at the director, ns from the trace start).
+
+    Returns the logical columns P, the payload pool and K, per-connection arrays (index = conn)
+    that the fault and FullNAT passes need.  DNS exchanges and pings get conn ids after the TCP
+    connections (C + i and C + nd + i) so that their two packets can be paired."""
     rng = np.random.default_rng(seed)
-    pool, (req_off, req_len), (rsp_off, rsp_len), (dq_off, dq_len), (dr_off, dr_len), ping = build_pool(rng)
+    pool, (req_off, req_len), (rsp_off, rsp_len), (dq_off, dq_len), (dr_off, dr_len), ping = build_pool(rng, small)
+    seg_max = FNAT_MSS if mode == "fullnat" else SEG   # FullNAT connections run without timestamps
     L = Cols()
     C = n_conn
     # --- clients and connections
@@ -310,26 +400,26 @@ def gen_logical(seed: int, n_conn: int, mode: str):
         L.add(len(cp), **tcp, dir=1, td=t_req[pa] + rtt_s[cp], conn=cp, flags=ACK, seq=isn_s[cp] + 1 + rcum[cp],
               ack=isn_c[cp] + 1 + q_after[pa], win=win_s[cp], tsval=tv, tsecr=te)
         # response segments in slow-start rounds
-        nseg = (r + SEG - 1) // SEG
+        nseg = (r + seg_max - 1) // seg_max
         e = np.repeat(np.arange(len(c)), nseg)
         j = np.arange(len(e)) - np.repeat(np.cumsum(nseg) - nseg, nseg)
         rnd = np.floor(np.log2(j / IW + 1)).astype(np.int64)
         t_first = t_req + rtt_s[c] + proc[c]
         ce = c[e]
         t_seg = t_first[e] + rnd * rtt_c[ce] + (j - IW * (2 ** rnd - 1)) * 12 * US
-        seg_len = np.minimum(SEG, r[e] - j * SEG)
+        seg_len = np.minimum(seg_max, r[e] - j * seg_max)
         last = j == nseg[e] - 1
         tv, te = s2c_ts(ce, t_seg)
         L.add(len(e), **tcp, dir=1, td=t_seg, conn=ce, flags=np.where(last, PSH | ACK, ACK),
-              seq=isn_s[ce] + 1 + rcum[ce] + (j * SEG).astype(np.uint64), ack=isn_c[ce] + 1 + q_after[e],
-              win=win_s[ce], tsval=tv, tsecr=te, pl_start=rsp_off[ri][e] + j * SEG, pl_len=seg_len)
+              seq=isn_s[ce] + 1 + rcum[ce] + (j * seg_max).astype(np.uint64), ack=isn_c[ce] + 1 + q_after[e],
+              win=win_s[ce], tsval=tv, tsecr=te, pl_start=rsp_off[ri][e] + j * seg_max, pl_len=seg_len)
         # delayed ACKs: every second segment and the last one
         am = (j % 2 == 1) | last
         ea, ja = e[am], j[am]
         ca = c[ea]
         t_a = t_seg[am] + rtt_c[ca]
         tv, te = c2s_ts(ca, t_a)
-        acked = np.minimum((ja + 1) * SEG, r[ea]).astype(np.uint64)
+        acked = np.minimum((ja + 1) * seg_max, r[ea]).astype(np.uint64)
         L.add(len(ea), **tcp, dir=0, td=t_a, conn=ca, flags=ACK, seq=isn_c[ca] + 1 + q_after[ea],
               ack=isn_s[ca] + 1 + rcum[ca] + acked, win=win_c[ca], tsval=tv, tsecr=te)
         last_t = np.zeros(len(c), dtype=np.int64)
@@ -367,7 +457,8 @@ def gen_logical(seed: int, n_conn: int, mode: str):
     drs = rng.integers(0, 4, nd)
     di = rng.integers(0, len(dq_off), nd)
     d_rtt = rng.integers(80 * US, 400 * US, nd) + rng.integers(50 * US, 2 * MS, nd)
-    udp = dict(kind=K_UDP, vport=DNS_PORT, cip=c_ip[dcl], cport=dport_c, rs=drs, ttl0=c_ttl0[dcl])
+    udp = dict(kind=K_UDP, vport=DNS_PORT, cip=c_ip[dcl], cport=dport_c, rs=drs, ttl0=c_ttl0[dcl],
+               conn=C + np.arange(nd))
     L.add(nd, **udp, dir=0, td=td_q, ip_id=rng.integers(0, 65536, nd), pl_start=dq_off[di], pl_len=dq_len[di])
     L.add(nd, **udp, dir=1, td=td_q + d_rtt, ip_id=rng.integers(0, 65536, nd), df=0,
           pl_start=dr_off[di], pl_len=dr_len[di])
@@ -378,7 +469,7 @@ def gen_logical(seed: int, n_conn: int, mode: str):
     pid = rng.integers(1, 65536, npg)
     pseq = rng.integers(1, 200, npg)
     icmp = dict(kind=K_ICMP, cip=c_ip[pcl], ttl0=c_ttl0[pcl], icmp_id=pid, icmp_seq=pseq,
-                pl_start=ping[0], pl_len=ping[1])
+                pl_start=ping[0], pl_len=ping[1], conn=C + nd + np.arange(npg))
     L.add(npg, **icmp, dir=0, td=td_p, icmp_type=8, ip_id=rng.integers(0, 65536, npg))
     L.add(npg, **icmp, dir=1, td=td_p + rng.integers(40 * US, 200 * US, npg), icmp_type=0,
           ip_id=rng.integers(0, 65536, npg), df=0)
@@ -388,8 +479,10 @@ def gen_logical(seed: int, n_conn: int, mode: str):
         (1, GW_DIR, GW_DIR_IP, DIR_EXT, VIP),
         (1, DIR_EXT, DIR_EXT_IP, GW_DIR, GW_DIR_IP),
     ] + [(2, DIR_INT, DIP, int(RS_MACS[k]), int(RIPS[k])) for k in range(4)]
-    if mode == "dr":
+    if mode in ("dr", "tun"):
         pairs.append((2, int(RS_MACS[0]), int(RIPS[0]), GW_RS, GW_RS_IP))
+    if mode == "fullnat":   # the real servers resolve the LIPs they answer to
+        pairs += [(2, int(RS_MACS[k]), int(RIPS[k]), DIR_INT, int(LIPS[k % 2])) for k in range(4)]
     na = max(1, duration // 1_000_000_000)
     for seg, amac, aip, tmac, tip in pairs:
         ta = np.sort(rng.integers(0, duration, na))
@@ -414,7 +507,9 @@ def gen_logical(seed: int, n_conn: int, mode: str):
     P["ack"] &= np.uint64(0xFFFF_FFFF)
     P["tsval"] &= np.uint64(0xFFFF_FFFF)
     P["tsecr"] &= np.uint64(0xFFFF_FFFF)
-    return P, pool
+    K = dict(C=C, nd=nd, npg=npg, duration=duration, cip=cip, cport=cport, rs=rs, ttl0=ttl0, t0=t0,
+             rtt_c=rtt_c, rtt_s=rtt_s, isn_c=isn_c, isn_s=isn_s, tsb_c=tsb_c, tsb_s=tsb_s, ws_c=ws_c)
+    return P, pool, K
 
 
 # ---------------------------------------------------------------------------- vantage expansion

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
@@ -40,6 +40,7 @@ MAX_BULK = 0xFFFF                   # zero bytes that may lengthen a packet
 TS0 = 1_700_000_000_000_000_000
 
 LIE_SITES = (
+    "snaplen",                        # not a lie: the capture kept only the frame's start
     "cut", "wirelen",                                             # the record
     "etype", "sll_alen", "null_family", "payload",                # link layer
     "arp",
@@ -55,6 +56,7 @@ class Frame:
     linktype: int
     data: bytes
     wirelen: int
+    rest: bytes = field(default=b"", compare=False)   # what a cut removed (a neighbour test's junk)
 
     def __repr__(self) -> str:     # what hypothesis prints for a falsifying example
         return f"Frame(linktype={self.linktype}, data={hexbytes(self.data)}, wirelen={self.wirelen})"
@@ -367,10 +369,11 @@ def frames_for(draw, linktype: int, max_lies: int = 2, lies: frozenset | None = 
     """A frame for ``linktype`` with up to ``max_lies`` lie sites (or exactly ``lies``)."""
     if lies is None:
         lies = draw(st.frozensets(st.sampled_from(LIE_SITES), max_size=max_lies))
-    data = draw(link_frame(linktype, lies))
+    data = full = draw(link_frame(linktype, lies))
     whole = len(data)
     if whole > 1500:   # a long packet: mostly captured with a snaplen, as it would be
         data = data[:draw(st.one_of(st.integers(0, 300), st.just(whole)))]
+    data = data[:pick(draw, lies, "snaplen", len(data), st.integers(0, len(data)))]
     # a "cut" lie truncates the frame and the record claims it is whole
     data = data[:pick(draw, lies, "cut", len(data), st.integers(0, len(data)))]
     honest_wire = len(data) if "cut" in lies else whole
@@ -379,7 +382,7 @@ def frames_for(draw, linktype: int, max_lies: int = 2, lies: frozenset | None = 
         st.integers(0, 0x2_0000).map(lambda d: len(data) + d),   # ... by a lot
         st.integers(0, len(data)),                               # lying: shorter than captured
     ))
-    return Frame(linktype, data, wirelen)
+    return Frame(linktype, data, wirelen, full[len(data):])
 
 
 def any_frame(linktypes=SUPPORTED_LINKTYPES, max_lies: int = 2) -> st.SearchStrategy[Frame]:
@@ -396,16 +399,26 @@ def random_bytes_frame(draw, linktypes=SUPPORTED_LINKTYPES + (UNSUPPORTED_LINKTY
 
 # ---- containers -----------------------------------------------------------------------------
 
-def pcap_bytes(frames: list[Frame], linktype: int | None = None) -> bytes:
+def pcap_bytes(frames: list[Frame], linktype: int | None = None,
+               stamps: list[tuple[int, int]] | None = None) -> bytes:
     """A classic little-endian ns pcap, byte-exact; record wire lengths are taken as given
-    (they may be smaller than the captured length: a lying record)."""
+    (they may be smaller than the captured length: a lying record).  ``stamps``: (seconds,
+    nanoseconds) per record; these are the bytes right behind the previous frame."""
     lt = linktype if linktype is not None else (frames[0].linktype if frames else 1)
     out = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, lt)]
     for i, fr in enumerate(frames):
         assert fr.linktype == lt, "a classic pcap has one link type"
-        sec, ns = divmod(TS0 + i * 1000, 1_000_000_000)
+        sec, ns = stamps[i] if stamps else divmod(TS0 + i * 1000, 1_000_000_000)
         out.append(struct.pack("<IIII", sec, ns, len(fr.data), fr.wirelen) + fr.data)
     return b"".join(out)
+
+
+STAMPS_RANDOM = st.tuples(U32, st.integers(0, 999_999_999))
+
+
+def stamp_from(b: bytes) -> tuple[int, int]:
+    """The record timestamp whose 8 bytes (little-endian seconds, nanoseconds) are ``b``."""
+    return struct.unpack("<II", (b + bytes(8))[:8])
 
 
 def pcapng_bytes(frames: list[Frame]) -> bytes:
@@ -453,6 +466,6 @@ def row_diff(a: dict, b: dict) -> dict:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-__all__ = ["Frame", "hexbytes", "LIE_SITES", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
+__all__ = ["Frame", "hexbytes", "LIE_SITES", "STAMPS_RANDOM", "stamp_from", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
            "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES",
            "UNSUPPORTED_LINKTYPE"]

@@ -105,7 +105,7 @@ import io
 import ipaddress
 import keyword
 import tokenize
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np

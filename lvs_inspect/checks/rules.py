@@ -22,6 +22,7 @@ API::
 from __future__ import annotations
 
 import bisect
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,6 @@ def _count(env: Env, rows) -> int:
 # =========================================================================== YAML with positions
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
-    import difflib
     m = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{m[0]}'?)" if m else ""
 
@@ -209,7 +209,12 @@ def _kind_of_node(node) -> str:
         return "a list"
     if node.tag.endswith(":null"):
         return "nothing"
-    return f"'{node.value}'"
+    text = " ".join(str(node.value).split())
+    return f"'{text[:40]}...'" if len(text) > 40 else f"'{text}'"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split()) if "\n" in message else message
 
 
 class _Source:
@@ -229,7 +234,7 @@ class _Source:
 
     def error(self, node, message: str, key: str | None = None) -> InputError:
         line = node.start_mark.line + 1 if node is not None else None
-        return InputError(self.path, message, line=line, key=key)
+        return InputError(self.path, _one_line(message), line=line, key=key)
 
     def scalar_index(self, node: yaml.ScalarNode, offset: int) -> int:
         """Index in the file of character ``offset`` of the scalar's (folded, unescaped) value.
@@ -262,7 +267,7 @@ class _Source:
 
     def expr_error(self, node: yaml.ScalarNode, lead: int, err: ExprError, key: str) -> InputError:
         line, col = self.line_col(self.scalar_index(node, lead + err.offset))
-        return InputError(self.path, f"column {col}: {err.message}", line=line, key=key)
+        return InputError(self.path, _one_line(f"column {col}: {err.message}"), line=line, key=key)
 
 
 # =========================================================================== loading
@@ -565,7 +570,11 @@ class _RuleParser:
                         raise self.err(item, "a counted fixture is one 'name: count' pair", key)
                     nnode, cnode = item.value[0]
                     fx = self.scalar(nnode, key, "a fixture name").strip()
-                    c = self.loader.construct_object(cnode, deep=True) if isinstance(cnode, yaml.ScalarNode) else None
+                    try:
+                        c = self.loader.construct_object(cnode, deep=True) \
+                            if isinstance(cnode, yaml.ScalarNode) else None
+                    except yaml.YAMLError:
+                        c = None
                     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
                         raise self.err(cnode, f"the count of '{fx}' must be a whole number >= 1", key)
                     count = c
