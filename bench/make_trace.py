@@ -75,8 +75,9 @@ arp-leak             dr: the router's director-side segment and the real servers
                      diverted segment) and end there.  RS1's ARP requests for its gateway carry sender IP =
                      VIP (arp_announce 0).
 
---small shrinks payloads for committed fixtures (responses a quarter of the size, 40 B - 4 KB;
-cookies at most 48 characters); the default output for nat and dr without faults is unchanged.
+--small shrinks payloads for committed fixtures (short request and response headers, cookies of at
+most 16 characters, bodies a tenth of the size: 40 B - 2.5 KB); without it the output for nat and dr
+is byte-identical to what this generator wrote before tun, fullnat and the faults existed.
 
 Blocks are written in dumpcap's order: each interface in time order, interfaces interleaved in
 per-interface batches (so not in strict time order across interfaces).  Only documentation
@@ -224,19 +225,24 @@ def build_pool(rng: np.random.Generator, small: bool = False):
     for i in range(512):
         cookie = "".join(rng.choice(list("0123456789abcdef"), size=int(rng.integers(0, 640))).tolist())
         if small:
-            cookie = cookie[:48]
+            cookie = cookie[:16]
         r = (f"GET {paths[i % len(paths)]}?id={i} HTTP/1.1\r\nHost: www.example.com\r\n"
              f"User-Agent: {agents[i % len(agents)]}\r\nAccept: */*\r\nAccept-Encoding: gzip, deflate\r\n"
              + (f"Cookie: session={cookie}\r\n" if cookie else "") + "Connection: keep-alive\r\n\r\n")
+        if small:
+            r = (f"GET {paths[i % len(paths)]}?id={i} HTTP/1.1\r\nHost: www.example.com\r\n"
+                 + (f"Cookie: s={cookie}\r\n" if cookie else "") + "\r\n")
         req.append(pool.add(r.encode()))
     resp = []
     sizes = np.clip(rng.lognormal(np.log(1500), 1.25, size=512), 40, 180_000).astype(int)
     if small:
-        sizes = np.clip(sizes // 4, 40, 4000)
+        sizes = np.clip(sizes // 10, 40, 2500)
     for i, n in enumerate(sizes.tolist()):
         ctype = ("text/html", "application/json", "text/css", "application/javascript", "image/png")[i % 5]
         hdr = (f"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 01 May 2024 12:00:00 GMT\r\n"
                f"Content-Type: {ctype}\r\nContent-Length: {n}\r\nConnection: keep-alive\r\n\r\n").encode()
+        if small:
+            hdr = f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {n}\r\n\r\n".encode()
         start = int(rng.integers(0, len(body) - n - 1))
         resp.append(pool.add(hdr + body[start:start + n]))
     dns_q, dns_r = [], []
@@ -512,8 +518,223 @@ def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
     return P, pool, K
 
 
+# ----------------------------------------------------------------------- faults and FullNAT passes
+M32 = np.uint64(0xFFFF_FFFF)
+
+
+def _append(P: dict, L: Cols) -> dict:
+    """P with the rows collected in L appended (columns L does not set take their LOGICAL default)."""
+    if not L.groups:
+        return P
+    Q = L.concat(LOGICAL)
+    return {k: np.concatenate([P[k], Q[k].astype(P[k].dtype)]) for k in P}
+
+
+def _pick(rng: np.random.Generator, n: int, frac: float = 0.15) -> np.ndarray:
+    """Some connections for a fault: about `frac` of them, always connection 1 (early in any trace)."""
+    sel = rng.random(n) < frac
+    sel[min(1, n - 1)] = True
+    return sel
+
+
+def _arp_exchange(L: Cols, rng, duration: int, seg: int, amac: int, aip: int, tmac: int, tip: int):
+    """Who-has/is-at pairs about once a second, as gen_logical makes them."""
+    na = max(1, duration // 1_000_000_000)
+    ta = np.sort(rng.integers(0, duration, na))
+    arp = dict(kind=K_ARP, seg=seg, df=0)
+    L.add(na, **arp, td=ta, arp_op=1, arp_sha=amac, arp_spa=aip, arp_tha=0, arp_tpa=tip, arp_dst=BROADCAST)
+    L.add(na, **arp, td=ta + rng.integers(20 * US, 300 * US, na), arp_op=2, arp_sha=tmac, arp_spa=tip,
+          arp_tha=amac, arp_tpa=aip, arp_dst=amac)
+
+
+def fault_nat_bypass(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS1 routes 198.18.0.0/16 via the site router: its replies to those clients skip the director."""
+    C = K["C"]
+    tcp = P["kind"] == K_TCP
+    ci = np.where(tcp, P["conn"], 0)
+    aff = (K["rs"] == 0) & ((K["cip"] & np.uint64(BYPASS_MASK)) == np.uint64(BYPASS_NET))
+    rows = tcp & aff[ci]
+    syn = P["syn_opts"] == 1
+    P["path"][rows & syn & (P["dir"] == 1)] = PATH_BYPASS       # RS1's SYN-ACK, src RIP, toward the router
+    syn_id = np.zeros(C, dtype=np.uint64)
+    s = rows & syn & (P["dir"] == 0)
+    syn_id[P["conn"][s]] = P["ip_id"][s]
+    P = {k: v[~rows | syn] for k, v in P.items()}               # the connection never gets further
+    c = np.flatnonzero(aff)
+    n = len(c)
+    L = Cols()
+    base = dict(kind=K_TCP, vport=HTTP_PORT, conn=c, cip=K["cip"][c], cport=K["cport"][c], rs=K["rs"][c],
+                ttl0=K["ttl0"][c])
+    isn_c = K["isn_c"][c]
+    for a, off in enumerate((0, 1000 * MS, 3000 * MS)):       # the SYN and its retransmissions (RTO 1 s, 2 s)
+        t_syn = K["t0"][c] + off
+        t_sa = t_syn + K["rtt_s"][c]
+        if a:
+            tv = K["tsb_c"][c] + np.uint64(off // MS)
+            L.add(n, **base, dir=0, td=t_syn, flags=SYN, seq=isn_c, ack=0, win=64240, tsval=tv, tsecr=0,
+                  syn_opts=1, wscale=K["ws_c"][c], ip_id=(syn_id[c] + np.uint64(a)) & np.uint64(0xFFFF))
+            L.add(n, **base, dir=1, td=t_sa, flags=SYN | ACK, seq=rng.integers(0, 1 << 32, n, dtype=np.uint64),
+                  ack=isn_c + 1, win=65160, tsval=K["tsb_s"][c] + ((t_sa - K["t0"][c]) // MS).astype(np.uint64),
+                  tsecr=tv, syn_opts=1, wscale=7, ip_id=0, path=PATH_BYPASS)
+        # the client has no socket for RIP:80: RST, seq = the SYN-ACK's ack, no options
+        L.add(n, **base, dir=0, td=t_sa + K["rtt_c"][c], flags=RST, seq=isn_c + 1, ack=0, win=0, ip_id=0,
+              opt=OPT_NONE, path=PATH_BYPASS)
+    # DNS answers from RS1 to those clients go the same way (and are ignored)
+    u = (P["kind"] == K_UDP) & (P["dir"] == 1) & (P["rs"] == 0) & \
+        ((P["cip"] & np.uint64(BYPASS_MASK)) == np.uint64(BYPASS_NET))
+    P["path"][u] = PATH_BYPASS
+    _arp_exchange(L, rng, K["duration"], 2, int(RS_MACS[0]), int(RIPS[0]), GW_RS, GW_RS_IP)
+    P = _append(P, L)
+    P["seq"] &= M32
+    P["ack"] &= M32
+    P["tsval"] &= M32
+    return P
+
+
+def fault_arp_leak(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS1 answers the router's ARP for the VIP after the director and wins: traffic skips the director."""
+    C, dur = K["C"], K["duration"]
+    rs1 = int(RS_MACS[0])
+    L = Cols()
+    arp = P["kind"] == K_ARP
+    # one more router ARP for the VIP at 30 % of the traffic (the director answers within 300 us)
+    t_q = np.array([dur * 3 // 10], dtype=np.int64)
+    a = dict(kind=K_ARP, seg=1, df=0)
+    L.add(1, **a, td=t_q, arp_op=1, arp_sha=GW_DIR, arp_spa=GW_DIR_IP, arp_tha=0, arp_tpa=VIP, arp_dst=BROADCAST)
+    L.add(1, **a, td=t_q + 150 * US, arp_op=2, arp_sha=DIR_EXT, arp_spa=VIP, arp_tha=GW_DIR, arp_tpa=GW_DIR_IP,
+          arp_dst=GW_DIR)
+    q = arp & (P["arp_op"] == 1) & (P["arp_sha"] == GW_DIR) & (P["arp_tpa"] == VIP)
+    t_rs1 = np.concatenate([P["td"][q], t_q]) + 400 * US      # RS1 answers every one of them, last
+    L.add(len(t_rs1), **a, td=t_rs1, arp_op=2, arp_sha=rs1, arp_spa=VIP, arp_tha=GW_DIR, arp_tpa=GW_DIR_IP,
+          arp_dst=GW_DIR)
+    t_leak = int(t_rs1.min())
+    # RS1 (arp_announce 0) asks for its gateway with the VIP as sender address
+    g = arp & (P["arp_op"] == 1) & (P["arp_sha"] == rs1) & (P["arp_tpa"] == GW_RS_IP)
+    P["arp_spa"][g] = VIP
+    g = arp & (P["arp_op"] == 2) & (P["arp_sha"] == GW_RS) & (P["arp_tha"] == rs1)
+    P["arp_tpa"][g] = VIP
+
+    kind, td, c2s, conn = P["kind"], P["td"], P["dir"] == 0, P["conn"]
+    tcp = kind == K_TCP
+    ci = np.where(tcp, conn, 0)
+    new = tcp & (K["t0"] >= t_leak)[ci]                       # connections opened after the flip: RS1's
+    P["rs"][new] = 0
+    P["path"][new & c2s] = PATH_LEAK
+    late = tcp & c2s & (td >= t_leak) & ~new
+    on1 = (K["rs"] == 0)[ci]
+    P["path"][late & on1] = PATH_LEAK                           # RS1 has these sockets: they go on
+    rows = np.flatnonzero(late & ~on1)                          # RS2-4's connections: RS1 answers RST
+    o = rows[np.lexsort((td[rows], conn[rows]))]
+    _, first = np.unique(conn[o], return_index=True)
+    hit = o[first]
+    cut = np.full(C, np.iinfo(np.int64).max, dtype=np.int64)
+    cut[conn[hit]] = td[hit]
+    P["path"][hit] = PATH_LEAK
+    h = hit[(P["flags"][hit] & RST) == 0]
+    L.add(len(h), kind=K_TCP, vport=HTTP_PORT, dir=1, td=td[h] + 100 * US, conn=conn[h], cip=P["cip"][h],
+          cport=P["cport"][h], rs=0, ttl0=P["ttl0"][h], flags=RST, seq=P["ack"][h], ack=0, win=0, ip_id=0,
+          opt=OPT_NONE, path=PATH_LEAK)
+    keep = ~(tcp & (td > cut[ci]))
+    # DNS and pings after the flip: RS1 gets the query and answers (src VIP, through the router)
+    for k in (K_UDP, K_ICMP):
+        m = kind == k
+        qc = conn[m & c2s & (td >= t_leak)]
+        both = m & np.isin(conn, qc)
+        P["rs"][both] = 0
+        P["path"][both & (c2s if k == K_UDP else True)] = PATH_LEAK
+    P = {k: v[keep] for k, v in P.items()}
+    return _append(P, L)
+
+
+def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator) -> None:
+    """LIP, lport, rport and D1 per connection/DNS exchange, and which client segments carry TOA."""
+    kind, conn = P["kind"], P["conn"]
+    tcp = kind == K_TCP
+    svc = tcp | (kind == K_UDP)
+    nflow = K["C"] + K["nd"]
+    f = conn[svc]
+    start = np.full(nflow, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(start, f, P["td"][svc])
+    rank = np.empty(nflow, dtype=np.int64)
+    rank[np.argsort(start, kind="stable")] = np.arange(nflow)
+    lip_i = rank % 2                                           # LIPs round robin per connection
+    f_rs = np.zeros(nflow, dtype=np.int64)
+    f_rs[f] = P["rs"][svc]
+    f_rport = np.zeros(nflow, dtype=np.uint64)
+    f_rport[f] = np.where(tcp[svc], FNAT_RPORT_HTTP, DNS_PORT)
+    f_cip = np.zeros(nflow, dtype=np.uint64)
+    f_cip[f] = P["cip"][svc]
+    f_cport = np.zeros(nflow, dtype=np.uint64)
+    f_cport[f] = P["cport"][svc]
+    if profile == "alibaba":                                   # lport_min + per-LIP counter++
+        lport = 5000 + (rank // 2) % (65536 - 5000)
+    else:  # DPVS sapool: per LIP, per worker (port low bit), per destination hash bucket, in port order
+        h = (f_cip * np.uint64(0x9E3779B1) + f_cport * np.uint64(0x85EBCA6B)) & M32
+        worker = ((h >> np.uint64(16)) & np.uint64(1)).astype(np.int64)
+        bucket = ((RIPS[f_rs] & np.uint64(0xFFFF)) + f_rport) % np.uint64(16)
+        r = _grp_rank([lip_i, worker, bucket.astype(np.int64), start])
+        lport = np.where(worker == 1, 1025, 1026) + 2 * (r % np.where(worker == 1, 32256, 32255))
+    fi = np.where(svc, conn, 0)
+    P["lip"] = np.where(svc, LIPS[lip_i[fi]], 0).astype(np.uint64)
+    P["lport"] = np.where(svc, lport[fi], 0).astype(np.uint16)
+    P["rport"] = np.where(svc, f_rport[fi], 0).astype(np.uint16)
+    d1 = rng.integers(0, 1 << 32, K["C"], dtype=np.uint64)
+    ci = np.where(tcp, conn, 0)
+    P["d1"] = np.where(tcp, d1[ci], 0).astype(np.uint64)
+    fl = P["flags"]
+    c2s = tcp & (P["dir"] == 0)
+    first_ack = c2s & (P["ack"] == ((K["isn_s"][ci] + np.uint64(1)) & M32)) & ((fl & (SYN | RST)) == 0)
+    if profile == "alibaba":
+        toa = (first_ack & ((fl & FIN) == 0)) | (c2s & ((fl & SYN) != 0))
+    else:
+        toa = first_ack
+    P["toa"] = toa.astype(np.uint8)
+    P["toa_port"] = P["cport"].copy()
+    P["toa_addr"] = P["cip"].copy()
+    P["xopt"] = np.zeros(len(kind), dtype=np.uint8)            # 1: the client's own kind-254 option
+    P["first_ack"] = first_ack
+
+
+def fault_toa(P: dict, K: dict, faults, rng: np.random.Generator) -> None:
+    tcp = P["kind"] == K_TCP
+    ci = np.where(tcp, P["conn"], 0)
+    C = K["C"]
+    if "toa-missing" in faults:
+        hs = tcp & (P["dir"] == 0) & (P["flags"] == ACK) & (P["pl_len"] == 0) & \
+            (P["seq"] == ((K["isn_c"][ci] + np.uint64(1)) & M32)) & P["first_ack"]
+        P["toa"][hs & _pick(rng, C)[ci]] = 0
+    if "toa-wrong" in faults:
+        rows = tcp & _pick(rng, C)[ci]
+        cp = P["cport"][rows].astype(np.uint32)
+        sw = ((cp >> 8) | (cp << 8)) & 0xFFFF
+        P["toa_port"][rows] = np.where(sw == cp, cp ^ 1, sw)
+    if "toa-forged" in faults:
+        P["xopt"][P["first_ack"] & _pick(rng, C)[ci]] = 1
+
+
+def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults) -> dict:
+    """Faults that change the traffic, then (FullNAT) the director's allocations and the TOA faults."""
+    rng = np.random.default_rng([seed, 3])
+    if "nat-bypass" in faults:
+        P = fault_nat_bypass(P, K, rng)
+    if "arp-leak" in faults:
+        P = fault_arp_leak(P, K, rng)
+    if mode == "fullnat":
+        fullnat_assign(P, K, profile, rng)
+        fault_toa(P, K, faults, rng)
+    return P
+
+
 # ---------------------------------------------------------------------------- vantage expansion
-def observe(P: dict, mode: str, rng: np.random.Generator) -> dict:
+EXTRA = {  # per-observation columns of the tun and fullnat modes: dtype
+    "sport": np.uint16, "dport": np.uint16, "seq": np.uint64, "ack": np.uint64, "opt": np.uint8,
+    "mss": np.uint16, "toa": np.uint8, "toa_port": np.uint16, "toa_addr": np.uint64, "xopt": np.uint8,
+    "enc": np.uint8, "out_src": np.uint64, "out_dst": np.uint64, "out_ttl": np.uint8, "out_sport": np.uint16,
+}
+
+
+def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", profile: str = "dpvs",
+            faults=()) -> dict:
     """Every (logical packet, vantage point) pair that is captured, with the per-hop rewrites."""
     kind, d, rs = P["kind"], P["dir"], P["rs"]
     svc = (kind == K_TCP) | (kind == K_UDP)
@@ -523,55 +744,130 @@ def observe(P: dict, mode: str, rng: np.random.Generator) -> dict:
     rs_mac = np.where(rs >= 0, RS_MACS[np.maximum(rs, 0)], 0)
     rip = np.where(rs >= 0, RIPS[np.maximum(rs, 0)], 0)
     cip, ttl0 = P["cip"], P["ttl0"].astype(np.int64)
-    n = len(kind)
-    z = np.zeros(n, dtype=np.uint64)
+    path = P["path"]
+    p0, byp, leak = path == PATH_NORMAL, path == PATH_BYPASS, path == PATH_LEAK
+    dec = 0 if "ttl-not-decremented" in faults else 1          # the director's TTL decrement on D->R
+    flat = "arp-leak" in faults                                 # segments 1 and 2 are one L2 domain
     nat = mode == "nat"
     out = []
 
     def arp_seen(v):
         host = np.uint64(V_HOST_MAC[v])
-        dst = P["arp_dst"]
-        return arp & (P["seg"] == V_SEGMENT[v]) & ((dst == BROADCAST) | (dst == host) | (P["arp_sha"] == host))
+        dst, seg = P["arp_dst"], P["seg"]
+        on = ((seg == 1) | (seg == 2)) if flat and V_SEGMENT[v] in (1, 2) else seg == V_SEGMENT[v]
+        return arp & on & ((dst == BROADCAST) | (dst == host) | (P["arp_sha"] == host))
 
-    def emit(v, m, off, esrc, edst, isrc, idst, ttl):
+    def emit(v, m, off, esrc, edst, isrc, idst, ttl, **extra):
         idx = np.flatnonzero(m)
         pick = lambda a: a[idx] if np.ndim(a) else np.full(len(idx), a)
         jitter = rng.integers(0, 3 * US, len(idx))
-        out.append(dict(lidx=idx, iface=np.full(len(idx), v, dtype=np.uint16),
-                        ts=P["td"][idx] + pick(off) + jitter,
-                        eth_src=pick(esrc).astype(np.uint64), eth_dst=pick(edst).astype(np.uint64),
-                        ip_src=pick(isrc).astype(np.uint64), ip_dst=pick(idst).astype(np.uint64),
-                        ttl=pick(ttl).astype(np.uint8)))
+        o = dict(lidx=idx, iface=np.full(len(idx), v, dtype=np.uint16),
+                 ts=P["td"][idx] + pick(off) + jitter,
+                 eth_src=pick(esrc).astype(np.uint64), eth_dst=pick(edst).astype(np.uint64),
+                 ip_src=pick(isrc).astype(np.uint64), ip_dst=pick(idst).astype(np.uint64),
+                 ttl=pick(ttl).astype(np.uint8))
+        for k, a in extra.items():
+            o[k] = pick(a).astype(EXTRA[k])
+        out.append(o)
 
     asha, adst = P["arp_sha"], P["arp_dst"]
-    # p-client: the site router's upstream link
-    s2c_ttl_client = np.where(icmp, 63, 62 if nat else 63)
-    m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
-    emit(V_CLIENT, m,
-         np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
-         np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
-         np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
-         np.where(c2s, ttl0, s2c_ttl_client))
-    # p-dir-c: router <-> director
-    m = (svc & (c2s | nat)) | icmp | arp_seen(V_DIRC)
-    emit(V_DIRC, m, 0,
-         np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
-         np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
-         np.where(c2s, ttl0 - 1, np.where(icmp, 64, 63)))
-    # p-dir-r: director <-> real servers
-    for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
-        m = svc & (c2s | nat)
-        if only_rs1:
-            m &= rs == 0
-        m |= arp_seen(v)
-        hop = (20 if only_rs1 else 15) * US          # D->R wire time; RS1 sees a little later
-        emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
-             np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
-             np.where(c2s, cip, rip if nat else VIP), np.where(c2s, rip if nat else VIP, cip),
-             np.where(c2s, ttl0 - 2, 64))
-    if not nat:  # DR: replies leave the real server for the router (seen on RS1's own interface)
-        m = svc & s2c & (rs == 0)
-        emit(V_RS1, m, -20 * US, rs_mac, GW_RS, VIP, cip, 64)
+    if mode in ("nat", "dr"):
+        # p-client: the site router's upstream link
+        s2c_ttl_client = np.where(icmp | byp, 63, 62 if nat else 63)
+        vip = np.where(byp, rip, VIP)                           # nat-bypass: RS1 answers from its RIP
+        m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
+        emit(V_CLIENT, m,
+             np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
+             np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
+             np.where(c2s, cip, vip), np.where(c2s, vip, cip),
+             np.where(c2s, ttl0, s2c_ttl_client))
+        # p-dir-c: router <-> director
+        m = (((svc & (c2s | nat)) | icmp) & p0) | arp_seen(V_DIRC)
+        emit(V_DIRC, m, 0,
+             np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
+             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
+             np.where(c2s, ttl0 - 1, np.where(icmp, 64, 63)))
+        # p-dir-r: director <-> real servers
+        for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
+            m = svc & (c2s | nat) & p0
+            if only_rs1:
+                m &= rs == 0
+            m |= arp_seen(v)
+            hop = (20 if only_rs1 else 15) * US          # D->R wire time; RS1 sees a little later
+            emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
+                 np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
+                 np.where(c2s, cip, rip if nat else VIP), np.where(c2s, rip if nat else VIP, cip),
+                 np.where(c2s, ttl0 - 1 - dec, 64))
+        if not nat:  # DR: replies leave the real server for the router (seen on RS1's own interface)
+            m = (svc | (icmp & leak)) & s2c & (rs == 0)
+            emit(V_RS1, m, -20 * US, rs_mac, GW_RS, VIP, cip, 64)
+        if byp.any():  # nat-bypass: RS1 <-> router directly, with the RIP
+            emit(V_RS1, byp & s2c & (rs == 0), -20 * US, rs_mac, GW_RS, rip, cip, 64)
+            emit(V_RS1, byp & c2s & (rs == 0), 20 * US, GW_RS, rs_mac, cip, rip, ttl0 - 1)
+        if leak.any():  # arp-leak: router -> RS1 directly, never through the director
+            emit(V_RS1, leak & c2s, 10 * US, GW_DIR, int(RS_MACS[0]), cip, VIP, ttl0 - 1)
+    elif mode == "tun":
+        # GUE source port: a per-flow hash in 32768-60999 (udp_flow_src_port-like)
+        fh = (cip * np.uint64(0x9E3779B1) + P["cport"].astype(np.uint64) * np.uint64(0x85EBCA6B)
+              + P["vport"].astype(np.uint64) * np.uint64(0xC2B2AE35) + kind.astype(np.uint64)) & M32
+        plain = dict(enc=ENC_NONE, out_src=0, out_dst=0, out_ttl=0, out_sport=0)
+        m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
+        emit(V_CLIENT, m, np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
+             np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
+             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0, 63), **plain)
+        m = (svc & c2s) | icmp | arp_seen(V_DIRC)
+        emit(V_DIRC, m, 0,
+             np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
+             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0 - 1, 64), **plain)
+        inner_ttl = ttl0 - 1 - dec
+        for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
+            m = svc & c2s
+            if only_rs1:
+                m &= rs == 0
+            m |= arp_seen(v)
+            hop = (20 if only_rs1 else 15) * US
+            emit(v, m, np.where(arp, 0, hop),
+                 np.where(arp, asha, DIR_INT), np.where(arp, adst, rs_mac), cip, VIP, inner_ttl,
+                 enc=np.where(svc, TUN_ENC[tun], ENC_NONE), out_src=DIP, out_dst=rip, out_ttl=inner_ttl,
+                 out_sport=32768 + (fh >> np.uint64(7)) % np.uint64(28232))
+        emit(V_RS1, svc & s2c & (rs == 0), -20 * US, rs_mac, GW_RS, VIP, cip, 64, **plain)
+    else:  # fullnat
+        tcp = kind == K_TCP
+        syn = tcp & (P["syn_opts"] == 1)
+        csyn, synack = syn & c2s, syn & s2c
+        opt_c = np.where(csyn, OPT_SYN, np.where(synack, OPT_SYNACK_NOTS, OPT_NONE))
+        opt_c = np.where(P["opt"] != OPT_DERIVE, P["opt"], opt_c)
+        opt_r = np.where(csyn, OPT_SYN_TSNOP, opt_c)              # the SYN's timestamps become 10 NOPs
+        d1 = P["d1"]
+        client_side = dict(
+            sport=np.where(c2s, P["cport"], P["vport"]), dport=np.where(c2s, P["vport"], P["cport"]),
+            seq=P["seq"], ack=P["ack"], opt=opt_c, mss=np.where(synack, FNAT_MSS - 8, MSS),
+            toa=0, toa_port=0, toa_addr=0, xopt=np.where(c2s, P["xopt"], 0))
+        rs_side = dict(
+            sport=np.where(c2s, P["lport"], P["rport"]), dport=np.where(c2s, P["rport"], P["lport"]),
+            seq=np.where(c2s & tcp, (P["seq"] + d1) & M32, P["seq"]),
+            ack=np.where(s2c & tcp, (P["ack"] + d1) & M32, P["ack"]),
+            opt=opt_r, mss=np.where(synack, FNAT_MSS, MSS), toa=np.where(c2s, P["toa"], 0),
+            toa_port=P["toa_port"], toa_addr=P["toa_addr"],
+            xopt=np.where(c2s & (P["xopt"] > 0), 2 if profile == "dpvs" else 1, 0))
+        m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
+        emit(V_CLIENT, m, np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
+             np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
+             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0, 63), **client_side)
+        m = svc | icmp | arp_seen(V_DIRC)
+        emit(V_DIRC, m, 0,
+             np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
+             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0 - 1, 64), **client_side)
+        lip = P["lip"]
+        for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
+            m = svc.copy()
+            if only_rs1:
+                m &= rs == 0
+            m |= arp_seen(v)
+            hop = (20 if only_rs1 else 15) * US
+            emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
+                 np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
+                 np.where(c2s, lip, rip), np.where(c2s, rip, lip), np.where(c2s, ttl0 - 1, 64), **rs_side)
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
@@ -603,78 +899,108 @@ def _fold(s: np.ndarray) -> np.ndarray:
 
 
 def build_headers(P: dict, O: dict, pool: Pool) -> Built:
+    """The frame headers of every observation.  O may carry per-observation overrides (EXTRA) of the
+    ports, seq/ack, TCP option layout, MSS, TOA, the client's own option and the tunnel headers."""
     li = O["lidx"]
     g = lambda name: P[name][li]
     n = len(li)
+    u64 = np.uint64
     kind = g("kind")
     tcp, udp, icmp, arp = (kind == K_TCP), (kind == K_UDP), (kind == K_ICMP), (kind == K_ARP)
     syn = tcp & (g("syn_opts") == 1)
     d = g("dir")
     pl_len = g("pl_len").astype(np.int64)
     pl_start = g("pl_start").astype(np.int64)
-    hl = np.where(syn, HL_SYN, np.where(tcp, HL_TCP, HL_SMALL)).astype(np.int64)
+    # TCP options: [TOA][the client's own option or 8 NOPs][layout]
+    if "opt" in O:
+        opt = O["opt"].astype(np.int64)
+    else:
+        po = g("opt")
+        opt = np.where(po != OPT_DERIVE, po, np.where(syn, OPT_SYN, OPT_TS)).astype(np.int64)
+    opt = np.where(tcp, opt, OPT_NONE)
+    toa = (O["toa"] > 0) & tcp if "toa" in O else np.zeros(n, dtype=bool)
+    xopt = np.where(tcp, O["xopt"], 0) if "xopt" in O else np.zeros(n, dtype=np.uint8)
+    pre = 8 * toa.astype(np.int64) + 8 * (xopt > 0)
+    l4h = np.where(tcp, 20 + pre + OPT_LEN[opt], np.where(udp | icmp, 8, 0)).astype(np.int64)
+    enc = np.where(arp, ENC_NONE, O["enc"]).astype(np.int64) if "enc" in O else np.zeros(n, dtype=np.int64)
+    elen = ENC_LEN[enc]
+    hl = np.where(arp, 42, 14 + elen + 20 + l4h).astype(np.int64)
     caplen = hl + pl_len
-    H = np.zeros((n, W), dtype=np.uint8)
-    u64 = np.uint64
-    # Ethernet
-    ew = H[:, ETH:ETH + 14].view(">u2")
-    for i, name in ((0, "eth_dst"), (3, "eth_src")):
-        mac = O[name]
-        ew[:, i] = (mac >> u64(32)) & u64(0xFFFF)
-        ew[:, i + 1] = (mac >> u64(16)) & u64(0xFFFF)
-        ew[:, i + 2] = mac & u64(0xFFFF)
-    ew[:, 6] = np.where(arp, 0x0806, 0x0800)
-    # IPv4
+    # inner (or only) IPv4 header
     proto = np.where(tcp, 6, np.where(udp, 17, 1)).astype(np.uint64)
-    iw = H[:, IP4:IP4 + 20].view(">u2")
+    IPH = np.zeros((n, 20), dtype=np.uint8)
+    iw = IPH.view(">u2")
     iw[:, 0] = 0x4500
-    iw[:, 1] = caplen - 14
+    iw[:, 1] = caplen - 14 - elen
     iw[:, 2] = g("ip_id")
-    iw[:, 3] = np.where(g("df") == 1, 0x4000, 0)
+    df = g("df") == 1
+    iw[:, 3] = np.where(df, 0x4000, 0)
     iw[:, 4] = (O["ttl"].astype(np.uint64) << u64(8)) | proto
     src, dst = O["ip_src"], O["ip_dst"]
     iw[:, 6], iw[:, 7] = src >> u64(16), src & u64(0xFFFF)
     iw[:, 8], iw[:, 9] = dst >> u64(16), dst & u64(0xFFFF)
     iw[:, 5] = _fold(iw.sum(axis=1, dtype=np.uint64))
-    # TCP (written for every row, overwritten below for UDP/ICMP/ARP)
-    sport = np.where(d == 0, g("cport"), g("vport")).astype(np.uint64)
-    dport = np.where(d == 0, g("vport"), g("cport")).astype(np.uint64)
-    seq, ack, tv, te = g("seq"), g("ack"), g("tsval"), g("tsecr")
-    tw = H[:, L4:L4 + 40].view(">u2")
+    # L4 header (TCP written for every row, overwritten below for UDP/ICMP)
+    LW = 40 + (int(pre.max()) if n else 0)          # room for a TOA/client prefix in front of any layout
+    TH = np.zeros((n, LW), dtype=np.uint8)
+    tw = TH.view(">u2")
+    sport = (O["sport"] if "sport" in O else np.where(d == 0, g("cport"), g("vport"))).astype(np.uint64)
+    dport = (O["dport"] if "dport" in O else np.where(d == 0, g("vport"), g("cport"))).astype(np.uint64)
+    seq = O["seq"] if "seq" in O else g("seq")
+    ack = O["ack"] if "ack" in O else g("ack")
+    tv, te = g("tsval"), g("tsecr")
     tw[:, 0], tw[:, 1] = sport, dport
     tw[:, 2], tw[:, 3] = seq >> u64(16), seq & u64(0xFFFF)
     tw[:, 4], tw[:, 5] = ack >> u64(16), ack & u64(0xFFFF)
-    tw[:, 6] = (np.where(syn, 10, 8).astype(np.uint64) << u64(12)) | g("flags").astype(np.uint64)
+    tw[:, 6] = ((l4h // 4).astype(np.uint64) << u64(12)) | g("flags").astype(np.uint64)
     tw[:, 7] = g("win")
-    tw[:, 10], tw[:, 11] = 0x0101, 0x080A
-    tw[:, 12], tw[:, 13] = tv >> u64(16), tv & u64(0xFFFF)
-    tw[:, 14], tw[:, 15] = te >> u64(16), te & u64(0xFFFF)
-    s = np.flatnonzero(syn)
-    if len(s):
-        sw = tw[s]
-        sw[:, 10], sw[:, 11], sw[:, 12], sw[:, 13] = 0x0204, MSS, 0x0402, 0x080A
-        sw[:, 14], sw[:, 15] = tv[s] >> u64(16), tv[s] & u64(0xFFFF)
-        sw[:, 16], sw[:, 17] = te[s] >> u64(16), te[s] & u64(0xFFFF)
-        sw[:, 18] = 0x0103
-        sw[:, 19] = 0x0300 | g("wscale")[s].astype(np.uint64)
-        tw[s] = sw
+    OB = np.zeros((n, 20), dtype=np.uint8)                   # the option layout
+    ow = OB.view(">u2")
+    mss = O["mss"].astype(np.uint64) if "mss" in O else np.full(n, MSS, dtype=np.uint64)
+    ws = g("wscale").astype(np.uint64)
+    r = np.flatnonzero(opt == OPT_TS)
+    ow[r, 0], ow[r, 1] = 0x0101, 0x080A
+    ow[r, 2], ow[r, 3], ow[r, 4], ow[r, 5] = tv[r] >> u64(16), tv[r] & u64(0xFFFF), te[r] >> u64(16), te[r] & u64(0xFFFF)
+    r = np.flatnonzero((opt == OPT_SYN) | (opt == OPT_SYN_TSNOP))
+    ow[r, 0], ow[r, 1], ow[r, 2], ow[r, 3] = 0x0204, mss[r], 0x0402, 0x080A
+    ow[r, 4], ow[r, 5], ow[r, 6], ow[r, 7] = tv[r] >> u64(16), tv[r] & u64(0xFFFF), te[r] >> u64(16), te[r] & u64(0xFFFF)
+    ow[r, 8], ow[r, 9] = 0x0103, u64(0x0300) | ws[r]
+    r = np.flatnonzero(opt == OPT_SYN_TSNOP)
+    ow[r, 3:8] = 0x0101                                       # timestamp option overwritten with 10 NOPs
+    r = np.flatnonzero(opt == OPT_SYNACK_NOTS)                # Linux without timestamps: MSS, NOP NOP SACK-perm, NOP WS
+    ow[r, 0], ow[r, 1], ow[r, 2], ow[r, 3] = 0x0204, mss[r], 0x0101, 0x0402
+    ow[r, 4], ow[r, 5] = 0x0103, u64(0x0300) | ws[r]
+    if pre.any():
+        PB = np.zeros((n, 16), dtype=np.uint8)
+        pw = PB.view(">u2")
+        t = np.flatnonzero(toa)
+        tp, ta = O["toa_port"].astype(np.uint64), O["toa_addr"]
+        pw[t, 0], pw[t, 1], pw[t, 2], pw[t, 3] = 0xFE08, tp[t], ta[t] >> u64(16), ta[t] & u64(0xFFFF)
+        x = np.flatnonzero(xopt > 0)
+        col = np.where(toa[x], 4, 0)
+        forged = xopt[x] == 1
+        for k, word in enumerate((0xFE08, FORGED_PORT, FORGED_IP >> 16, FORGED_IP & 0xFFFF)):
+            pw[x, col + k] = np.where(forged, word, 0x0101)
+        for p in np.unique(pre).tolist():
+            r = np.flatnonzero(pre == p)
+            TH[r, 20:20 + p] = PB[r, :p]
+            TH[r, 20 + p:40 + p] = OB[r]
+    else:
+        TH[:, 20:40] = OB
+    del OB
     # UDP / ICMP
     sm = np.flatnonzero(udp | icmp)
     if len(sm):
-        w4 = np.zeros((len(sm), 20), dtype=np.uint64)
+        w4 = np.zeros((len(sm), LW // 2), dtype=np.uint64)
         u = udp[sm]
         w4[:, 0] = np.where(u, sport[sm], g("icmp_type")[sm].astype(np.uint64) << u64(8))
         w4[:, 1] = np.where(u, dport[sm], 0)
         w4[:, 2] = np.where(u, 8 + pl_len[sm], g("icmp_id")[sm])
         w4[:, 3] = np.where(u, 0, g("icmp_seq")[sm])
         tw[sm] = w4
-    # L4 checksums
-    twn = tw.astype(np.uint32)
-    s4 = twn[:, :4].sum(axis=1, dtype=np.uint64)
-    s16 = s4 + twn[:, 4:16].sum(axis=1, dtype=np.uint64)
-    hsum = np.where(syn, s16 + twn[:, 16:].sum(axis=1, dtype=np.uint64), np.where(tcp, s16, s4))
-    del twn
-    l4len = (hl - 34 + pl_len).astype(np.uint64)
+    # L4 checksums (the header matrix is zero past each header)
+    hsum = tw.astype(np.uint32).sum(axis=1, dtype=np.uint64)
+    l4len = (l4h + pl_len).astype(u64)
     pseudo = (src >> u64(16)) + (src & u64(0xFFFF)) + (dst >> u64(16)) + (dst & u64(0xFFFF)) + proto + l4len
     total = hsum + pool.word_sum(pl_start, pl_len) + np.where(icmp, u64(0), pseudo)
     c = _fold(total)
@@ -683,6 +1009,44 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
     tcol = np.where(udp, 3, tcol)
     nz = ~arp
     tw[np.flatnonzero(nz), tcol[nz]] = c[nz]
+    # the frame: Ethernet, [outer IPv4 + GUE/GRE], IPv4, L4
+    emax = int(elen.max()) if n else 0
+    H = np.zeros((n, PRE + 14 + emax + 20 + LW), dtype=np.uint8)
+    ew = H[:, ETH:ETH + 14].view(">u2")
+    for i, name in ((0, "eth_dst"), (3, "eth_src")):
+        mac = O[name]
+        ew[:, i] = (mac >> u64(32)) & u64(0xFFFF)
+        ew[:, i + 1] = (mac >> u64(16)) & u64(0xFFFF)
+        ew[:, i + 2] = mac & u64(0xFFFF)
+    ew[:, 6] = np.where(arp, 0x0806, 0x0800)
+    b = ETH + 14
+    H[:, b:b + 20] = IPH                  # every row; tunnelled and ARP rows are rewritten below
+    H[:, b + 20:b + 20 + LW] = TH
+    for e in (ENC_IPIP, ENC_GUE, ENC_GRE):
+        r = np.flatnonzero(enc == e)
+        if not len(r):
+            continue
+        E = int(ENC_LEN[e])
+        OH = np.zeros((len(r), E), dtype=np.uint8)
+        hw = OH.view(">u2")
+        hw[:, 0] = 0x4500 | IPH[r, 1].astype(np.uint64)       # outer TOS = inner TOS
+        hw[:, 1] = caplen[r] - 14
+        hw[:, 2] = np.where(df[r], 0, g("ip_id")[r] ^ 0x5A5A)  # ID 0 with DF, else a hashed value
+        hw[:, 3] = np.where(df[r], 0x4000, 0)                   # DF copied from the inner header
+        hw[:, 4] = (O["out_ttl"][r].astype(np.uint64) << u64(8)) | ENC_PROTO[e]
+        os_, od = O["out_src"][r], O["out_dst"][r]
+        hw[:, 6], hw[:, 7] = os_ >> u64(16), os_ & u64(0xFFFF)
+        hw[:, 8], hw[:, 9] = od >> u64(16), od & u64(0xFFFF)
+        hw[:, 5] = _fold(hw[:, :10].sum(axis=1, dtype=np.uint64))
+        if e == ENC_GUE:   # UDP (checksum 0) + GUE version 0, C=0, hlen 0, proto_ctype 4, flags 0
+            hw[:, 10], hw[:, 11], hw[:, 12], hw[:, 13] = O["out_sport"][r], GUE_PORT, caplen[r] - 34, 0
+            hw[:, 14], hw[:, 15] = 0x0004, 0
+        elif e == ENC_GRE:  # no checksum, key or sequence; protocol IPv4
+            hw[:, 10], hw[:, 11] = 0, 0x0800
+        H[r, b:b + E] = OH
+        H[r, b + E:b + E + 20] = IPH[r]
+        H[r, b + E + 20:b + E + 20 + LW] = TH[r]
+    del IPH, TH
     # ARP
     a = np.flatnonzero(arp)
     if len(a):
@@ -695,8 +1059,8 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
         for col, name in ((7, "arp_spa"), (12, "arp_tpa")):
             ip = g(name)[a]
             aw[:, col], aw[:, col + 1] = ip >> u64(16), ip & u64(0xFFFF)
-        H[a, IP4:IP4 + 28] = aw.astype(">u2").view(np.uint8).reshape(len(a), 28)
-        H[a, IP4 + 28:] = 0
+        H[a, b:b + 28] = aw.astype(">u2").view(np.uint8).reshape(len(a), 28)
+        H[a, b + 28:] = 0
     ts = (EPOCH_NS + O["ts"]).astype(np.int64)
     return Built(H, hl, pl_start, pl_len, caplen, ts, O["iface"])
 
@@ -710,8 +1074,9 @@ def _block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
 
 
-def pcapng_head(names) -> bytes:
+def pcapng_head(names, comment: str | None = None) -> bytes:
     shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+                 + (_opt(1, comment.encode()) if comment else b"")
                  + _opt(2, b"lab host (2 cores)") + _opt(3, b"Linux 6.1.0-lab")
                  + _opt(4, b"lvs-inspect bench/make_trace.py (dumpcap order)") + _opt(0, b""))
     idbs = b"".join(_block(1, struct.pack("<HHI", 1, 0, 262144) + _opt(2, name.encode())
@@ -734,6 +1099,7 @@ def pcapng_tail(counts, t_start, t_end) -> bytes:
 def write_frames(f, B: Built, pool: Pool, fmt: str, rows: np.ndarray, chunk: int = 65536) -> int:
     """Write the frames of `rows` (in that order); returns bytes written."""
     H, u32 = B.H, np.uint32
+    W = H.shape[1]
     n = len(rows)
     written = 0
     data = pool.data
@@ -787,14 +1153,33 @@ def write_frames(f, B: Built, pool: Pool, fmt: str, rows: np.ndarray, chunk: int
     return written
 
 
+def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=()) -> None:
+    """ValueError naming the first option that does not fit."""
+    if mode not in ("nat", "dr", "tun", "fullnat"):
+        raise ValueError(f"unknown mode {mode!r} (nat, dr, tun or fullnat)")
+    if tun not in TUN_ENC:
+        raise ValueError(f"unknown tunnel type {tun!r} (ipip, gue or gre)")
+    if profile not in ("dpvs", "alibaba"):
+        raise ValueError(f"unknown FullNAT profile {profile!r} (dpvs or alibaba)")
+    for f in faults:
+        if f not in FAULTS:
+            raise ValueError(f"unknown fault {f!r} (one of {', '.join(FAULTS)})")
+        if mode not in FAULTS[f]:
+            raise ValueError(f"fault {f!r} applies to --mode {' or '.join(FAULTS[f])}, not {mode}")
+
+
 def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str = "pcapng",
-               split: bool = False, quiet: bool = False) -> dict:
+               split: bool = False, quiet: bool = False, *, tun: str = "ipip", profile: str = "dpvs",
+               faults=(), small: bool = False) -> dict:
+    faults = tuple(dict.fromkeys(faults))
+    check_options(mode, tun, profile, faults)
     t_begin = time.perf_counter()
     n_conn = max(8, frames // 45)
     while True:
-        P, pool = gen_logical(seed, n_conn, mode)
+        P, pool, K = gen_logical(seed, n_conn, mode, small)
+        P = apply_passes(P, K, mode, seed, profile, faults)
         rng = np.random.default_rng([seed, 2])
-        O = observe(P, mode, rng)
+        O = observe(P, mode, rng, tun=tun, profile=profile, faults=faults)
         got = len(O["lidx"])
         if got >= frames:
             break
@@ -805,10 +1190,15 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     rows = np.arange(frames)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     files = []
+    what = f"mode={mode}" + (f" tun={tun}" if mode == "tun" else "") + \
+        (f" profile={profile}" if mode == "fullnat" else "") + "".join(f" fault={x}" for x in faults) + \
+        (" small" if small else "")
+    comment = None if what == f"mode={mode}" and mode in ("nat", "dr") else \
+        f"bench/make_trace.py {what} seed={seed} frames={frames}"
     if fmt == "pcapng":
         counts = np.bincount(B.iface, minlength=len(VANTAGES)).tolist()
         with open(out, "wb") as f:
-            f.write(pcapng_head(VANTAGES))
+            f.write(pcapng_head(VANTAGES, comment))
             write_frames(f, B, pool, fmt, rows)
             f.write(pcapng_tail(counts, int(B.ts.min()), int(B.ts.max())))
         files.append(out)
@@ -826,6 +1216,8 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     size = sum(os.path.getsize(p) for p in files)
     info = {
         "files": files, "frames": frames, "format": fmt, "mode": mode, "seed": seed, "bytes": size,
+        "tun": tun if mode == "tun" else None, "profile": profile if mode == "fullnat" else None,
+        "faults": list(faults), "small": small,
         "avg_frame_bytes": round(float(B.caplen.mean()), 1),
         "per_interface": dict(zip(VANTAGES, np.bincount(B.iface, minlength=4).tolist())),
         "tcp_connections": int(len(np.unique(P["conn"][O["lidx"]][P["kind"][O["lidx"]] == K_TCP]))),
@@ -849,7 +1241,14 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=1_000_000, help="number of frames (exact)")
     ap.add_argument("--out", required=True, help="output path")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--mode", choices=("nat", "dr"), default="nat", help="LVS forwarding method (default nat)")
+    ap.add_argument("--mode", choices=("nat", "dr", "tun", "fullnat"), default="nat",
+                    help="LVS forwarding method (default nat)")
+    ap.add_argument("--tun", choices=tuple(TUN_ENC), default="ipip", help="with --mode tun: encapsulation (default ipip)")
+    ap.add_argument("--profile", choices=("dpvs", "alibaba"), default="dpvs",
+                    help="with --mode fullnat: whose FullNAT (default dpvs)")
+    ap.add_argument("--fault", action="append", default=[], metavar="NAME",
+                    help=f"inject a fault (repeatable): {', '.join(FAULTS)}; see the module docstring")
+    ap.add_argument("--small", action="store_true", help="small payloads (for committed fixtures)")
     ap.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng",
                     help="pcapng: one file, one interface per vantage point; pcap: classic nanosecond pcap "
                          "(all vantage points in one file unless --split)")
@@ -860,7 +1259,16 @@ def main(argv=None) -> int:
         ap.error("--frames must be at least 1")
     if a.split and a.format != "pcap":
         ap.error("--split goes with --format pcap (a pcapng keeps the vantage points as interfaces)")
-    make_trace(a.out, a.frames, a.seed, a.mode, a.format, a.split)
+    if a.tun != "ipip" and a.mode != "tun":
+        ap.error("--tun goes with --mode tun")
+    if a.profile != "dpvs" and a.mode != "fullnat":
+        ap.error("--profile goes with --mode fullnat")
+    try:
+        check_options(a.mode, a.tun, a.profile, a.fault)
+    except ValueError as e:
+        ap.error(str(e))
+    make_trace(a.out, a.frames, a.seed, a.mode, a.format, a.split, tun=a.tun, profile=a.profile,
+               faults=a.fault, small=a.small)
     return 0
 
 

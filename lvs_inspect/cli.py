@@ -14,6 +14,7 @@ from . import __version__
 from .errors import InputError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
+FORMAT_CHOICES = ("text", "json", "jsonl", "junit", "sarif", "github", "markdown")
 
 
 def _add_trace_options(p: argparse.ArgumentParser) -> None:
@@ -50,6 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace_options(p)
     p.set_defaults(func=cmd_frames)
 
+    p = sub.add_parser("audit", help="check every hop of every connection against the mode's rewrites",
+                       description="Decode the traces, stitch every connection across hops and capture points, "
+                                   "evaluate the rules (rules/*.yaml and --rules packs) and report the findings. "
+                                   "Exit status: 0 nothing at or above --fail-on, 1 findings at or above it, "
+                                   "2 the tool could not do its job.")
+    p.add_argument("traces", nargs="+", metavar="TRACE")
+    p.add_argument("-t", "--topology", metavar="TOPOLOGY",
+                   help="topology.toml, ipvsadm -Sn/-Ln output or keepalived.conf (default: inferred from the trace)")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="text")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument("--fail-on", choices=("error", "warning", "info", "never"), default="error")
+    p.add_argument("--select", metavar="CODES", help="only these rules (codes or prefixes, comma-separated)")
+    p.add_argument("--ignore", metavar="CODES", help="skip these rules (codes or prefixes, comma-separated)")
+    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    _add_trace_options(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("rules", help="the documentation of the rules",
+                       description="Without CODE: the index of every rule. With CODE (or a name): its full "
+                                   "documentation. --names SCOPE lists what a rule of that scope may use.")
+    p.add_argument("code", nargs="?", metavar="CODE")
+    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    p.add_argument("--names", metavar="SCOPE", help="list the names of a scope (packet, pair, connection, arp, service)")
+    p.set_defaults(func=cmd_rules)
+
     p = sub.add_parser("infer", help="propose a topology (TOML) from a bare trace",
                        description="Read the traces and propose a complete topology: services, real "
                                    "servers and their modes, the director's MACs and addresses, the profile "
@@ -60,6 +87,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trace_options(p)
     p.set_defaults(func=cmd_infer)
     return parser
+
+
+def cmd_audit(args) -> int:
+    from .checks.engine import audit
+    from .report import exit_code, render
+
+    show = sys.stderr.isatty() and not args.no_progress
+
+    def progress(msg: str) -> None:
+        if show:
+            print(f"\rlvs-inspect: {msg}...\033[K", end="", file=sys.stderr, flush=True)
+
+    kw = _reader_kwargs(args)
+    result = audit(args.traces, topology_path=args.topology, rule_dirs=args.rules, select=args.select,
+                   ignore=args.ignore, toa_kinds=kw["toa_kinds"], gue_ports=kw["gue_ports"],
+                   stdin=sys.stdin.buffer, progress=progress)
+    if show:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if args.format == "github":
+        from .report import github
+        out = github.outputs(result)
+        text = out.annotations
+        github.append_step_summary(out.summary)
+    else:
+        color = args.format == "text" and not args.output and sys.stdout.isatty()
+        text = render(result, args.format, color=color)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return exit_code(result, args.fail_on)
+
+
+def cmd_rules(args) -> int:
+    from .checks.docs import render_index, render_namespace, render_rule
+    from .checks.engine import namespaces
+    from .checks.rules import load_rules
+    from .resources import rules_dir
+
+    if args.names:
+        ns = namespaces()
+        if args.names not in ns:
+            raise InputError("--names", f"unknown scope '{args.names}'; one of {', '.join(ns)}")
+        sys.stdout.write(render_namespace(args.names, ns[args.names]) + "\n")
+        return EXIT_OK
+    rules = load_rules([rules_dir(), *args.rules])
+    if args.code is None:
+        sys.stdout.write(render_index(rules) + "\n")
+        return EXIT_OK
+    want = args.code.upper()
+    for r in rules:
+        if r.code == want or r.name == args.code:
+            sys.stdout.write(render_rule(r) + "\n")
+            return EXIT_OK
+    raise InputError(args.code, "no such rule; `lvs-inspect rules` lists them")
 
 
 def cmd_infer(args) -> int:

@@ -75,6 +75,41 @@ def hexbytes(b: bytes) -> str:
     return f"{text} + bytes({zeros})" if zeros else text
 
 
+class Pkt(bytes):
+    """Bytes that remember where their headers start and end (``marks``): cut points there
+    are where a decoder is most likely to read past the end of a frame."""
+
+    marks: tuple[int, ...] = ()
+
+
+def cat(*parts: bytes) -> Pkt:
+    """Concatenate, marking every part boundary and keeping the parts' own marks."""
+    out = Pkt(b"".join(parts))
+    marks, pos = {0}, 0
+    for part in parts:
+        marks.update(pos + m for m in getattr(part, "marks", ()))
+        pos += len(part)
+        marks.add(pos)
+    out.marks = tuple(sorted(marks))
+    return out
+
+
+def head(p: bytes, n: int) -> Pkt:
+    """The first ``n`` bytes, keeping the marks that fall inside."""
+    out = Pkt(p[:n])
+    out.marks = tuple(m for m in getattr(p, "marks", ()) if m <= n)
+    return out
+
+
+@st.composite
+def cut_point(draw, p: bytes) -> int:
+    """Where to cut ``p``: near one of its header boundaries (mostly), or anywhere."""
+    marks = getattr(p, "marks", ()) or (0,)
+    near = st.one_of(st.just(0), st.integers(-2, 8))
+    k = draw(st.one_of(st.tuples(st.sampled_from(marks), near).map(sum), st.integers(0, len(p))))
+    return min(max(k, 0), len(p))
+
+
 def _clip(v: int, bits: int) -> int:
     return min(max(v, 0), (1 << bits) - 1)
 
@@ -158,8 +193,8 @@ def tcp_segment(draw, lies: frozenset, room: int = 0) -> bytes:
     flags = draw(st.integers(0, 0x1FF))
     hdr = struct.pack("!HHIIBBHHH", draw(PORT), draw(PORT), draw(U32), draw(U32),
                       (doff << 4) | (flags >> 8), flags & 0xFF, draw(U16), draw(U16), draw(U16))
-    seg = hdr + opts + draw(st.binary(max_size=40))
-    return seg + draw(bulk(room - len(seg)))
+    seg = cat(hdr, opts, draw(st.binary(max_size=40)))
+    return cat(seg, draw(bulk(room - len(seg))))
 
 
 @st.composite
@@ -173,7 +208,7 @@ def udp_datagram(draw, lies: frozenset, depth: int, room: int = 0) -> bytes:
         payload += draw(bulk(room - 8 - len(payload)))
     ulen = pick(draw, lies, "udp_len", 8 + len(payload), lying_len(8 + len(payload)))
     csum = pick(draw, lies, "udp_csum", 0, U16)
-    return struct.pack("!HHHH", sport, dport, ulen, csum) + payload
+    return cat(struct.pack("!HHHH", sport, dport, ulen, csum), payload)
 
 
 @st.composite
@@ -188,7 +223,7 @@ def gue_payload(draw, lies: frozenset, depth: int) -> bytes:
     cbit = pick(draw, lies, "gue_cbit", 0, st.just(1))
     proto = pick(draw, lies, "gue_proto", 4 if ver == 4 else 41, U8)
     hdr = struct.pack("!BBH", (cbit << 5) | hlen, proto, draw(U16))
-    return hdr + draw(st.binary(min_size=4 * words, max_size=4 * words)) + inner
+    return cat(hdr, draw(st.binary(min_size=4 * words, max_size=4 * words)), inner)
 
 
 @st.composite
@@ -199,8 +234,8 @@ def gre_packet(draw, lies: frozenset, depth: int) -> bytes:
     proto = pick(draw, lies, "gre_proto", 0x0800 if ver == 4 else 0x86DD,
                  st.one_of(st.sampled_from((0x0800, 0x86DD, 0x6558)), U16))
     extra = 4 * (c + k + s)
-    return (struct.pack("!HH", flags, proto) + draw(st.binary(min_size=extra, max_size=extra))
-            + draw(ip_packet(ver, lies, depth + 1)))
+    return cat(struct.pack("!HH", flags, proto), draw(st.binary(min_size=extra, max_size=extra)),
+               draw(ip_packet(ver, lies, depth + 1)))
 
 
 ICMP4_TYPES = (3, 11, 0, 8, 4, 5, 12)
@@ -214,10 +249,10 @@ def icmp_message(draw, lies: frozenset, proto: int, depth: int) -> bytes:
     rest = draw(st.binary(min_size=4, max_size=4))
     if depth < MAX_DEPTH and draw(st.booleans()):
         body = draw(ip_packet(draw(st.sampled_from((4, 6))), lies, depth + 1))
-        body = body[:draw(st.integers(0, len(body)))]                  # ICMP quotes a prefix
+        body = head(body, draw(cut_point(body)))                        # ICMP quotes a prefix
     else:
         body = draw(st.binary(max_size=40))
-    return struct.pack("!BBH", typ, code, draw(U16)) + rest + body
+    return cat(struct.pack("!BBH", typ, code, draw(U16)), rest, body)
 
 
 @st.composite
@@ -236,7 +271,7 @@ def l4_payload(draw, lies: frozenset, proto: int, depth: int, room: int = 0) -> 
         ver = pick(draw, lies, "inner_ver", ver, st.just(10 - ver))
         return draw(ip_packet(ver, lies, depth + 1))
     data = draw(st.binary(max_size=40))
-    return data + draw(bulk(room - len(data)))
+    return cat(data, draw(bulk(room - len(data))))
 
 
 # ---- network -------------------------------------------------------------------------------
@@ -261,7 +296,7 @@ def ipv4_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
                     + draw(U32).to_bytes(4, "big") + draw(U32).to_bytes(4, "big") + opts)
     good = 0xFFFF - csum16(bytes(hdr))
     struct.pack_into("!H", hdr, 10, pick(draw, lies, "ip_csum", good, U16))
-    return bytes(hdr) + payload
+    return cat(bytes(hdr[:20]), bytes(hdr[20:]), payload)
 
 
 IPV6_EXT_TYPES = (0, 60, 43, 44, 51, 135)
@@ -299,8 +334,9 @@ def ipv6_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     plen = pick(draw, lies, "v6_plen", len(ext) + len(payload),
                 st.one_of(st.just(0), lying_len(len(ext) + len(payload))))   # 0: jumbogram
     word0 = (ver << 28) | (draw(U8) << 20) | draw(st.integers(0, 0xFFFFF))
-    return (struct.pack("!IHBB", word0, plen, first, draw(U8)) + draw(U128).to_bytes(16, "big")
-            + draw(U128).to_bytes(16, "big") + ext + payload)
+    hdr = (struct.pack("!IHBB", word0, plen, first, draw(U8)) + draw(U128).to_bytes(16, "big")
+           + draw(U128).to_bytes(16, "big"))
+    return cat(hdr, *(bytes([nh]) + body for nh, body in zip(nexts, chain)), payload)
 
 
 def ip_packet(ver: int, lies: frozenset, depth: int = 0) -> st.SearchStrategy[bytes]:
@@ -361,7 +397,7 @@ def link_frame(draw, linktype: int, lies: frozenset) -> bytes:
         body = draw(arp_body(lies))
     else:
         body = draw(st.binary(max_size=60))
-    return hdr + body + draw(TAIL)
+    return cat(hdr, body, draw(TAIL))
 
 
 @st.composite
@@ -372,17 +408,17 @@ def frames_for(draw, linktype: int, max_lies: int = 2, lies: frozenset | None = 
     data = full = draw(link_frame(linktype, lies))
     whole = len(data)
     if whole > 1500:   # a long packet: mostly captured with a snaplen, as it would be
-        data = data[:draw(st.one_of(st.integers(0, 300), st.just(whole)))]
-    data = data[:pick(draw, lies, "snaplen", len(data), st.integers(0, len(data)))]
+        data = head(data, draw(st.one_of(st.integers(0, 300), st.just(whole))))
+    data = head(data, pick(draw, lies, "snaplen", len(data), cut_point(data)))
     # a "cut" lie truncates the frame and the record claims it is whole
-    data = data[:pick(draw, lies, "cut", len(data), st.integers(0, len(data)))]
+    data = head(data, pick(draw, lies, "cut", len(data), cut_point(data)))
     honest_wire = len(data) if "cut" in lies else whole
     wirelen = pick(draw, lies, "wirelen", honest_wire, st.one_of(
         st.integers(1, 2000).map(lambda d: len(data) + d),       # snaplen cut
         st.integers(0, 0x2_0000).map(lambda d: len(data) + d),   # ... by a lot
         st.integers(0, len(data)),                               # lying: shorter than captured
     ))
-    return Frame(linktype, data, wirelen, full[len(data):])
+    return Frame(linktype, bytes(data), wirelen, bytes(full[len(data):]))
 
 
 def any_frame(linktypes=SUPPORTED_LINKTYPES, max_lies: int = 2) -> st.SearchStrategy[Frame]:

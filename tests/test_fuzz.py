@@ -217,6 +217,9 @@ def test_a_frame_decodes_the_same_alone_and_among_others(batch, data):
     would most likely be fooled by), or drawn at random."""
     fmt, frames = batch
     i = data.draw(st.integers(0, len(frames) - 2), label="target")   # not the last: it has a neighbour
+    if data.draw(st.booleans(), label="snaplen cut the target"):
+        lies = data.draw(st.frozensets(st.sampled_from(LIE_SITES), max_size=1), label="lies") | {"snaplen"}
+        frames[i] = data.draw(frames_for(frames[i].linktype, lies=lies), label="target frame")
     stamps = data.draw(st.lists(STAMPS_RANDOM, min_size=len(frames), max_size=len(frames)), label="stamps")
     if data.draw(st.booleans(), label="continuation behind the cut"):
         stamps[i + 1] = stamp_from(frames[i].rest)

@@ -44,7 +44,7 @@ __all__ = ["Rule", "RuleTests", "FixtureCase", "load_rules", "load_rule_file", "
 
 CODE_RE = re.compile(r"^[A-Z]{2,5}[0-9]{3}$")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
-FIXTURE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FIXTURE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$")  # a folder under fixtures/
 
 STATUSES = ("preview", "stable", "deprecated")
 SCOPES = ("packet", "pair", "connection", "arp", "service")

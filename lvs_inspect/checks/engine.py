@@ -1,0 +1,563 @@
+"""The audit: decode, stitch, evaluate every rule over whole tables, group the findings.
+
+    result = audit(["trace.pcapng"], topology_path="topo.toml")
+
+Each rule scope has a namespace (the names its expressions may use, with their kinds) and an
+environment (the values: numpy columns, evaluated lazily). ``lvs-inspect rules --names SCOPE``
+prints a namespace; :func:`namespaces` builds them all.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..capture import read_table
+from ..capture.schema import COLUMNS, Csum, Tun
+from ..capture.table import ADDRESS_COLUMNS, MAC_COLUMNS, PacketTable
+from ..errors import InputError
+from ..flows import LEGS, MODES, stitch
+from ..flows.legs import C_D, D_C, D_R, R_D, ROLES
+from ..flows.pairs import PAIR_COLUMNS, pairs
+from ..flows.stitch import Flows
+from ..resources import rules_dir
+from ..topology import Topology, load_topology
+from .expr import Env, Kind, Namespace, Var
+from .finding import AuditResult, Finding, FrameRef, InputInfo, Summary
+from .rules import PAIRS, Rule, load_rules, select_rules
+
+TCP_FLAGS = Kind.flags({"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
+                        "ECE": 0x40, "CWR": 0x80, "NS": 0x100})
+CSUM = Kind.enum({c.name.lower(): int(c) for c in Csum})
+TUN = Kind.enum({t.name.lower(): int(t) for t in Tun})
+LEG = Kind.enum({name: i for i, name in enumerate(LEGS)})
+MODE = Kind.enum({(name or "unknown"): i for i, name in enumerate(MODES)})
+ROLE = Kind.enum({name: i for i, name in enumerate(ROLES)})
+STATES = ("answered", "unanswered", "refused", "no-answer", "reset-by-server", "reset-by-client", "complete",
+          "open", "partial")
+STATE = Kind.enum({s: i for i, s in enumerate(STATES)})
+ARP_OP = Kind.enum({"request": 1, "reply": 2})
+MAX_FRAMES = 20          # frames listed per finding
+
+
+def _column_kind(name: str) -> Kind | str | Var:
+    if name in ADDRESS_COLUMNS or name in ("arp_spa", "arp_tpa"):
+        return Var("addr", absent=0) if name in ("toa_addr", "out_src", "out_dst", "icmp_in_src",
+                                                  "icmp_in_dst") else "addr"
+    if name in MAC_COLUMNS:
+        return "mac"
+    if name == "tcp_flags":
+        return TCP_FLAGS
+    if name in ("l4_csum", "ip_csum"):
+        return CSUM
+    if name == "tun":
+        return TUN
+    return "int"
+
+
+# ---------------------------------------------------------------------------------- namespaces
+
+def _common_names() -> dict:
+    return {
+        "director.macs": "set_mac", "director.ips": "set_addr", "director.lips": "set_addr",
+        "director.vrrp_mac": Var("mac", absent=0),
+        "service.vips": "set_addr", "real_servers.ips": "set_addr", "real_servers.macs": "set_mac",
+        "toa.kinds": "set_int",
+        "profile.name": "str", "profile.seq_delta": "bool", "profile.mss_adjust": "bool",
+        "profile.timestamp_removal": "bool", "profile.toa_in_syn": "bool",
+    }
+
+
+def _row_names() -> dict:
+    """Names every per-connection row has: its service, real server, mode and expectations."""
+    return {
+        "mode": MODE,
+        "rs.ip": Var("addr", absent=0), "real_server": Var("addr", absent=0), "rs.port": "int",
+        "rs.mac": Var("mac", absent=0), "rs.weight": "int", "rs.mode": MODE,
+        "service.vip": Var("addr", absent=0), "service.port": "int",
+        "profile.ttl_decrement": "int", "profile.ttl_reply_decrement": "int",
+        "toa.kind": Var("int", absent=0), "toa.length": Var("int", absent=0),
+        "tun.type": "str", "tun.port": "int",
+    }
+
+
+def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
+    common = _common_names()
+    packet = {c.name: _column_kind(c.name) for c in COLUMNS}
+    packet.update(common)
+    packet.update(_row_names())
+    packet.update({"leg": LEG, "role": ROLE, "conn": Var("int", absent=-1), "cip": Var("addr", absent=0),
+                   "cport": "int", "vip": Var("addr", absent=0), "vport": "int", "handshake_ack": "bool",
+                   "before_server_data": "bool"})
+    pair = dict(common)
+    pair.update(_row_names())
+    for col in PAIR_COLUMNS:
+        for side in ("in", "out"):
+            pair[f"{side}.{col}"] = _column_kind(col)
+    pair.update({"matched": "bool", "handshake_ack": "bool", "cip": "addr", "cport": "int", "vip": "addr",
+                 "vport": "int"})
+    conn = dict(common)
+    conn.update(_row_names())
+    conn.update({"cip": "addr", "cport": "int", "vip": "addr", "vport": "int", "proto": "int",
+                 "state": STATE, "history": "str", "first_ns": "int", "last_ns": "int", "duration_ms": "float",
+                 "syn_retries": "int"})
+    for leg in LEGS[1:]:
+        conn[f"packets.{leg.replace('-', '_')}"] = "int"
+        conn[f"bytes.{leg.replace('-', '_')}"] = "int"
+    for name in ("c_syn", "s_synack", "c_ack", "c_fin", "s_fin", "c_rst", "s_rst", "c_data", "s_data"):
+        conn[name] = "int"
+    arp = dict(common)
+    arp.update({"op": ARP_OP, "sender_mac": "mac", "sender_ip": "addr", "target_mac": "mac", "target_ip": "addr",
+                "eth_src": "mac", "eth_dst": "mac", "gratuitous": "bool", "role": ROLE,
+                "real_server": Var("addr", absent=0), "sender_is_rs": "bool"})
+    service = dict(common)
+    service.update({"service.vip": "addr", "service.port": "int", "service.scheduler": "str",
+                    "service.persistence": "int", "rs.ip": "addr", "real_server": "addr", "rs.port": "int",
+                    "rs.weight": "int", "rs.mode": MODE, "connections": "int", "total": "int",
+                    "share": "float", "expected_share": "float", "bytes.director": "int", "servers": "int"})
+    return {scope: Namespace(names, addr_key=addr_key, title=scope)
+            for scope, names in (("packet", packet), ("pair", pair), ("connection", conn), ("arp", arp),
+                                 ("service", service))}
+
+
+# ---------------------------------------------------------------------------------- environments
+
+class _Lazy(Mapping):
+    """A mapping that computes a value on first access."""
+
+    def __init__(self, makers: dict[str, Callable[[], object]]):
+        self._makers = makers
+        self._cache: dict[str, object] = {}
+
+    def __getitem__(self, key):
+        if key not in self._cache:
+            self._cache[key] = self._makers[key]()
+        return self._cache[key]
+
+    def __iter__(self):
+        return iter(self._makers)
+
+    def __len__(self):
+        return len(self._makers)
+
+
+@dataclass
+class _Ctx:
+    table: PacketTable
+    topo: Topology
+    flows: Flows
+    toa_kinds: tuple[int, ...]
+
+    def constants(self) -> dict:
+        t, topo, ep = self.table, self.topo, self.flows.endpoints
+        p = topo.profile
+        return {
+            "director.macs": lambda: [int(m) for m in ep.director_macs],
+            "director.ips": lambda: [str(a) for a in topo.director.ips],
+            "director.lips": lambda: [int(k) for k in ep.lips],
+            "director.vrrp_mac": lambda: int(topo.director.vrrp_mac) if topo.director.vrrp_mac else 0,
+            "service.vips": lambda: [int(k) for k in ep.svc_vip if k],
+            "real_servers.ips": lambda: [int(k) for k in ep.rs_ip if k],
+            "real_servers.macs": lambda: [int(m) for m in ep.rs_mac if m],
+            "toa.kinds": lambda: list(self.toa_kinds),
+            "profile.name": lambda: p.name,
+            "profile.seq_delta": lambda: p.seq_delta,
+            "profile.mss_adjust": lambda: p.mss_adjust,
+            "profile.timestamp_removal": lambda: p.timestamp_removal,
+            "profile.toa_in_syn": lambda: p.toa_in_syn,
+        }
+
+    def per_row(self, rs: np.ndarray, svc: np.ndarray, mode: np.ndarray) -> dict:
+        """Names that follow from each row's real server, service and mode."""
+        ep, p = self.flows.endpoints, self.topo.profile
+        rs = np.asarray(rs, dtype=np.int64)
+        svc = np.asarray(svc, dtype=np.int64)
+        mode = np.asarray(mode, dtype=np.int64)
+        rs_objs = [r for _, r in ep.real_servers]
+        ext = lambda arr, fill: np.concatenate([np.asarray(arr), [fill]])  # noqa: E731  index -1 -> fill
+        dec_req = np.array([p.ttl_request[m] if m else 0 for m in MODES], dtype=np.int64)
+        dec_rep = np.array([p.ttl_reply[m] if m else 0 for m in MODES], dtype=np.int64)
+        toa_kind = ext([s.toa.kind if s.toa else 0 for s in ep.services], 0)
+        toa_len = ext([s.toa.length if s.toa else 0 for s in ep.services], 0)
+        return {
+            "mode": lambda: mode,
+            "rs.ip": lambda: ext(ep.rs_ip, 0).astype(np.uint64)[rs],
+            "real_server": lambda: ext(ep.rs_ip, 0).astype(np.uint64)[rs],
+            "rs.port": lambda: ext(ep.rs_port, 0)[rs],
+            "rs.mac": lambda: ext(ep.rs_mac, 0).astype(np.uint64)[rs],
+            "rs.weight": lambda: ext([r.weight for r in rs_objs], 0)[rs],
+            "rs.mode": lambda: ext(ep.rs_mode, 0).astype(np.int64)[rs],
+            "service.vip": lambda: ext(ep.svc_vip, 0).astype(np.uint64)[svc],
+            "service.port": lambda: ext(ep.svc_port, 0)[svc],
+            "profile.ttl_decrement": lambda: dec_req[mode],
+            "profile.ttl_reply_decrement": lambda: dec_rep[mode],
+            "toa.kind": lambda: toa_kind[svc],
+            "toa.length": lambda: toa_len[svc],
+            "tun.type": lambda: np.array([(r.tun.value if r.tun else "ipip") for r in rs_objs] + [""],
+                                         dtype=object)[rs],
+            "tun.port": lambda: ext([r.tun_port or 0 for r in rs_objs], 0)[rs],
+        }
+
+    def env(self, makers: dict, n: int, present=None) -> Env:
+        values = dict(self.constants())
+        values.update(makers)
+        return Env(_Lazy(values), n, present=present or {}, addr_key=self.table.addr_key,
+                   addr_str=self.table.addr_str)
+
+
+def _handshake_ack(f: Flows) -> np.ndarray:
+    """The client packet that completes the handshake, on each leg (the TOA carrier)."""
+    t = f.table
+    flags = t["tcp_flags"]
+    m = (f.conn >= 0) & ((flags & 0x17) == 0x10) & np.isin(f.leg, (C_D, D_R)) & (t["ip_proto"] == 6)
+    rows = np.flatnonzero(m)
+    out = np.zeros(len(t), dtype=bool)
+    if len(rows):
+        df = pd.DataFrame({"r": rows, "c": f.conn[rows], "l": f.leg[rows], "ts": t["ts_ns"][rows]})
+        first = df.sort_values("ts", kind="stable").drop_duplicates(["c", "l"])
+        # the ack that answers the SYN-ACK: same ack value on every capture of it
+        ack = pd.Series(t["tcp_ack"][first["r"].to_numpy()], index=first.index)
+        keep = df.merge(first.assign(a=ack)[["c", "l", "a"]], on=["c", "l"])
+        same = t["tcp_ack"][keep["r"].to_numpy()] == keep["a"].to_numpy()
+        no_data = t["payload_len"][keep["r"].to_numpy()] == 0
+        out[keep["r"].to_numpy()[same & no_data]] = True
+    return out
+
+
+def _before_server_data(f: Flows) -> np.ndarray:
+    """Client packets sent before the server's first data byte (they carry TOA in FullNAT)."""
+    t = f.table
+    out = np.zeros(len(t), dtype=bool)
+    rows = np.flatnonzero((f.conn >= 0) & np.isin(f.leg, (C_D, D_R)))
+    if len(rows) == 0:
+        return out
+    s_rows = np.flatnonzero((f.conn >= 0) & np.isin(f.leg, (R_D, D_C, 5)) & (t["payload_len"] > 0))
+    first_data = pd.Series(t["ts_ns"][s_rows]).groupby(f.conn[s_rows]).min()
+    fd = first_data.reindex(f.conn[rows]).to_numpy()
+    out[rows] = np.isnan(fd) | (t["ts_ns"][rows] < np.nan_to_num(fd, nan=0))
+    return out
+
+
+def _packet_env(ctx: _Ctx) -> tuple[Env, np.ndarray]:
+    t, f = ctx.table, ctx.flows
+    makers = {c.name: (lambda name=c.name: t[name]) for c in COLUMNS}
+    makers.update(ctx.per_row(f.rs, f.svc, _row_mode(f)))
+    makers.update({"leg": lambda: f.leg, "role": lambda: f.role, "conn": lambda: f.conn, "cip": lambda: f.cip,
+                   "cport": lambda: f.cport, "vip": lambda: f.vip, "vport": lambda: f.vport,
+                   "handshake_ack": lambda: _handshake_ack(f), "before_server_data": lambda: _before_server_data(f)})
+    return ctx.env(makers, len(t)), _row_mode(f)
+
+
+def _row_mode(f: Flows) -> np.ndarray:
+    """A row's mode: its own, else its connection's."""
+    conn_mode = np.concatenate([f.connections["mode"].to_numpy().astype(np.int64), [0]]) \
+        if len(f.connections) else np.zeros(1, np.int64)
+    return np.where(f.mode > 0, f.mode, conn_mode[f.conn]).astype(np.int64)
+
+
+def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
+    f = ctx.flows
+    p = pairs(f, leg_in, leg_out)
+    if p.empty:
+        return None, p
+    matched = p["matched"].to_numpy()
+    makers = {}
+    for col in PAIR_COLUMNS:
+        makers[f"in.{col}"] = (lambda c=col: p[f"in_{c}"].to_numpy().astype(np.int64)
+                               if p[f"in_{c}"].dtype.kind == "f" else p[f"in_{c}"].to_numpy())
+        makers[f"out.{col}"] = (lambda c=col: np.nan_to_num(p[f"out_{c}"].to_numpy(dtype=np.float64), nan=0)
+                                .astype(np.uint64 if (c in ADDRESS_COLUMNS or c in MAC_COLUMNS) else np.int64)
+                                if p[f"out_{c}"].dtype.kind == "f" else p[f"out_{c}"].to_numpy())
+    hs = _handshake_ack(f)
+    makers.update(ctx.per_row(p["rs"].to_numpy(), p["svc"].to_numpy(), p["mode"].to_numpy()))
+    conns = f.connections
+    cidx = p["conn"].to_numpy()
+    makers.update({"matched": lambda: matched,
+                   "handshake_ack": lambda: hs[p["in_row"].to_numpy().astype(np.int64)],
+                   "cip": lambda: conns["cip"].to_numpy()[cidx], "cport": lambda: conns["cport"].to_numpy()[cidx],
+                   "vip": lambda: conns["vip"].to_numpy()[cidx], "vport": lambda: conns["vport"].to_numpy()[cidx]})
+    return ctx.env(makers, len(p), present={"out": matched}), p
+
+
+def _conn_env(ctx: _Ctx) -> Env:
+    c = ctx.flows.connections
+    makers = {name: (lambda n=name: c[n].to_numpy()) for name in
+              ("cip", "cport", "vip", "vport", "proto", "history", "first_ns", "last_ns", "c_syn", "s_synack",
+               "c_ack", "c_fin", "s_fin", "c_rst", "s_rst", "c_data", "s_data")}
+    makers["state"] = lambda: np.array([STATES.index(s) for s in c["state"]], dtype=np.int64)
+    makers["duration_ms"] = lambda: (c["last_ns"] - c["first_ns"]).to_numpy() / 1e6
+    makers["syn_retries"] = lambda: np.maximum(c["c_syn"].to_numpy() - 1, 0)
+    for leg in LEGS[1:]:
+        k = leg.replace("-", "_")
+        makers[f"packets.{k}"] = (lambda k=k: c[f"pk_{k}"].to_numpy())
+        makers[f"bytes.{k}"] = (lambda k=k: c[f"by_{k}"].to_numpy())
+    makers.update(ctx.per_row(c["rs"].to_numpy(), c["svc"].to_numpy(), c["mode"].to_numpy()))
+    return ctx.env(makers, len(c))
+
+
+def _arp_env(ctx: _Ctx):
+    t, ep = ctx.table, ctx.flows.endpoints
+    g = t.group("arp")
+    rows = g["rows"]
+    rs_of_mac = {int(m): int(ip) for m, ip in zip(ep.rs_mac, ep.rs_ip) if m}
+    sender_rs = np.array([rs_of_mac.get(int(m), 0) for m in g["arp_sha"]], dtype=np.uint64)
+    roles = ctx.flows.role[rows] if len(rows) else np.zeros(0, np.uint8)
+    makers = {"op": lambda: g["arp_op"], "sender_mac": lambda: g["arp_sha"],
+              "sender_ip": lambda: g["arp_spa"].astype(np.uint64), "target_mac": lambda: g["arp_tha"],
+              "target_ip": lambda: g["arp_tpa"].astype(np.uint64), "eth_src": lambda: t["eth_src"][rows],
+              "eth_dst": lambda: t["eth_dst"][rows], "gratuitous": lambda: g["arp_spa"] == g["arp_tpa"],
+              "role": lambda: roles, "real_server": lambda: sender_rs, "sender_is_rs": lambda: sender_rs != 0}
+    return ctx.env(makers, len(rows)), rows
+
+
+def _service_table(ctx: _Ctx) -> pd.DataFrame:
+    ep, c = ctx.flows.endpoints, ctx.flows.connections
+    new = c[(c["c_syn"] > 0) & (c["rs"] >= 0)] if len(c) else c
+    counts = new.groupby("rs").size() if len(new) else pd.Series(dtype=np.int64)
+    by_dir = (c["by_client_director"] + c["by_director_rs"] + c["by_rs_director"] + c["by_director_client"]) \
+        if len(c) else pd.Series(dtype=np.int64)
+    bytes_rs = by_dir.groupby(c["rs"]).sum() if len(c) else pd.Series(dtype=np.int64)
+    rows = []
+    for i, (si, rs) in enumerate(ep.real_servers):
+        rows.append({"svc": si, "rs": i, "connections": int(counts.get(i, 0)), "weight": rs.weight,
+                     "bytes": int(bytes_rs.get(i, 0))})
+    df = pd.DataFrame(rows, columns=["svc", "rs", "connections", "weight", "bytes"])
+    if df.empty:
+        return df
+    df["total"] = df.groupby("svc")["connections"].transform("sum")
+    df["servers"] = df.groupby("svc")["rs"].transform("size")
+    df["share"] = np.where(df["total"] > 0, df["connections"] / df["total"].clip(lower=1), 0.0)
+    wsum = df.groupby("svc")["weight"].transform("sum")
+    sched = np.array([ep.services[s].scheduler for s in df["svc"]], dtype=object)
+    live = (df["weight"] > 0).groupby(df["svc"]).transform("sum")
+    equal = np.where(df["weight"] > 0, 1.0 / live.clip(lower=1), 0.0)
+    weighted = np.where(wsum > 0, df["weight"] / wsum.clip(lower=1), 0.0)
+    df["expected_share"] = np.where(np.isin(sched, ("rr",)), equal, weighted)
+    df["scheduler"] = sched
+    return df
+
+
+def _service_env(ctx: _Ctx):
+    ep = ctx.flows.endpoints
+    df = _service_table(ctx)
+    n = len(df)
+    svc = df["svc"].to_numpy() if n else np.zeros(0, np.int64)
+    rsi = df["rs"].to_numpy() if n else np.zeros(0, np.int64)
+    makers = {
+        "service.vip": lambda: ep.svc_vip[svc], "service.port": lambda: ep.svc_port[svc],
+        "service.scheduler": lambda: df["scheduler"].to_numpy(),
+        "service.persistence": lambda: np.array([ep.services[s].persistence for s in svc], dtype=np.int64),
+        "rs.ip": lambda: ep.rs_ip[rsi], "real_server": lambda: ep.rs_ip[rsi], "rs.port": lambda: ep.rs_port[rsi],
+        "rs.weight": lambda: df["weight"].to_numpy(), "rs.mode": lambda: ep.rs_mode[rsi].astype(np.int64),
+        "connections": lambda: df["connections"].to_numpy(), "total": lambda: df["total"].to_numpy(),
+        "share": lambda: df["share"].to_numpy(), "expected_share": lambda: df["expected_share"].to_numpy(),
+        "bytes.director": lambda: df["bytes"].to_numpy(), "servers": lambda: df["servers"].to_numpy(),
+    }
+    return ctx.env(makers, n), df
+
+
+# ---------------------------------------------------------------------------------- findings
+
+def _frame_refs(t: PacketTable, rows: Sequence[int]) -> list[FrameRef]:
+    if not len(rows):
+        return []
+    rows = np.asarray(rows, dtype=np.int64)
+    inputs = t["input"][rows]
+    frames = t["frame"][rows]
+    return [FrameRef(int(i), int(fr)) for i, fr in zip(inputs, frames)]
+
+
+def _group(rule: Rule, env: Env, hits: np.ndarray, keys: pd.DataFrame, frames_of, conn_label, service_label,
+           rs_label) -> list[Finding]:
+    """One finding per (service, real server, MAC): the first occurrence speaks for the rest."""
+    if len(hits) == 0:
+        return []
+    k = keys.iloc[hits].reset_index(drop=True)
+    k["hit"] = hits
+    mac = rule.mac.evaluate_masked(env)[0][hits] if rule.mac is not None else np.zeros(len(hits), np.uint64)
+    k["mac"] = mac
+    out = []
+    for _, grp in k.groupby(["svc", "rs", "mac"], sort=False, dropna=False):
+        first = int(grp["hit"].iloc[0])
+        f = rule.findings(env, np.array([first]))[0]
+        conns = grp["conn"].to_numpy()
+        f.count = int(len(np.unique(conns[conns >= 0]))) if (conns >= 0).any() else len(grp)
+        f.service = service_label(int(grp["svc"].iloc[0]))
+        f.real_server = rs_label(int(grp["rs"].iloc[0])) or None
+        f.connection = conn_label(int(grp["conn"].iloc[0]))
+        refs: list[FrameRef] = []
+        for h in grp["hit"].to_numpy()[:MAX_FRAMES]:
+            refs.extend(frames_of(int(h)))
+        f.frames = refs[:MAX_FRAMES]
+        out.append(f)
+    return out
+
+
+def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: Topology | None = None,
+          rule_dirs: Sequence[str | Path] = (), select: str | None = None, ignore: str | None = None,
+          toa_kinds: Sequence[int] = (254, 253, 200), gue_ports: Sequence[int] = (6080,), stdin=None,
+          progress: Callable[[str], None] | None = None) -> AuditResult:
+    say = progress or (lambda _msg: None)
+    say("reading")
+    table = read_table(traces, toa_kinds=toa_kinds, gue_ports=gue_ports, stdin=stdin)
+    topo_origin = None
+    if topology is None and topology_path:
+        topology = load_topology(topology_path)
+        topo_origin = topology_path
+    if topology is None:
+        from ..topology.infer import infer_topology
+        say("inferring the topology")
+        try:
+            topology = infer_topology(table, source="inferred")
+        except ValueError as e:
+            raise InputError(", ".join(traces), f"{e}; give a topology with -t") from None
+        topo_origin = "inferred"
+    say("stitching")
+    flows = stitch(table, topology)
+    all_kinds = tuple(sorted(set(toa_kinds) | {s.toa.kind for s in topology.services if s.toa}))
+    ctx = _Ctx(table, topology, flows, all_kinds)
+    ns = namespaces(table.addr_key)
+    rules = load_rules([rules_dir(), *rule_dirs], ns)
+    rules = select_rules(rules, select, ignore)
+    say("checking")
+    findings = evaluate(ctx, rules)
+    return _result(table, topology, flows, findings, topo_origin)
+
+
+def evaluate(ctx: _Ctx, rules: Sequence[Rule]) -> list[Finding]:
+    t, f, ep = ctx.table, ctx.flows, ctx.flows.endpoints
+    profile = ctx.topo.profile.name
+    present_modes = {MODES[m] for m in np.unique(ep.rs_mode)} if len(ep.rs_mode) else set()
+
+    def service_label(i: int) -> str | None:
+        return ep.services[i].key if 0 <= i < len(ep.services) else None
+
+    def rs_label(i: int) -> str:
+        if i < 0:
+            return ""
+        si, rs = ep.real_servers[i]
+        port = "" if rs.port in (0, ep.services[si].port) else f":{rs.port}"
+        return f"{rs.ip}{port}"
+
+    conns = f.connections
+
+    def conn_label(c: int) -> str | None:
+        if c < 0 or c >= len(conns):
+            return None
+        addr = t.addr_str(int(conns["cip"].iat[c]))
+        return f"[{addr}]:{conns['cport'].iat[c]}" if ":" in addr else f"{addr}:{conns['cport'].iat[c]}"
+
+    cache: dict = {}
+
+    def scope_env(rule: Rule):
+        key = (rule.scope, rule.legs if rule.scope == "pair" else ())
+        if key in cache:
+            return cache[key]
+        if rule.scope == "packet":
+            env, mode = _packet_env(ctx)
+            keys = pd.DataFrame({"svc": f.svc, "rs": f.rs, "conn": f.conn.astype(np.int64)})
+            keys["rs"] = np.where(keys["rs"] < 0, _conn_col(conns, "rs", f.conn), keys["rs"])
+            keys["svc"] = np.where(keys["svc"] < 0, _conn_col(conns, "svc", f.conn), keys["svc"])
+            res = (env, mode, keys, lambda h: _frame_refs(t, [h]))
+        elif rule.scope == "pair":
+            env, p = _pair_env(ctx, *rule.legs)
+            if env is None:
+                res = None
+            else:
+                keys = pd.DataFrame({"svc": p["svc"].to_numpy(), "rs": p["rs"].to_numpy(),
+                                     "conn": p["conn"].to_numpy()})
+                inr = p["in_row"].to_numpy().astype(np.int64)
+                outr = np.nan_to_num(p["out_row"].to_numpy(dtype=np.float64), nan=-1).astype(np.int64)
+                res = (env, p["mode"].to_numpy().astype(np.int64), keys,
+                       lambda h: _frame_refs(t, [inr[h]] + ([outr[h]] if outr[h] >= 0 else [])))
+        elif rule.scope == "connection":
+            env = _conn_env(ctx)
+            keys = pd.DataFrame({"svc": conns["svc"].to_numpy(), "rs": conns["rs"].to_numpy(),
+                                 "conn": np.arange(len(conns))})
+            first = _first_rows(f)
+            res = (env, conns["mode"].to_numpy().astype(np.int64), keys,
+                   lambda h: _frame_refs(t, [first[h]]) if first[h] >= 0 else [])
+        elif rule.scope == "arp":
+            env, rows = _arp_env(ctx)
+            keys = pd.DataFrame({"svc": np.full(len(rows), -1), "rs": _rs_index_by_mac(ep, t, rows),
+                                 "conn": np.full(len(rows), -1)})
+            res = (env, None, keys, lambda h: _frame_refs(t, [rows[h]]))
+        else:
+            env, df = _service_env(ctx)
+            keys = pd.DataFrame({"svc": df["svc"].to_numpy() if len(df) else [],
+                                 "rs": df["rs"].to_numpy() if len(df) else [], "conn": np.full(len(df), -1)})
+            res = (env, np.asarray(ep.rs_mode[df["rs"].to_numpy()] if len(df) else [], dtype=np.int64), keys,
+                   lambda h: [])
+        cache[key] = res
+        return res
+
+    findings: list[Finding] = []
+    for rule in rules:
+        if not any(rule.applies_to(m, profile) for m in present_modes):
+            continue
+        got = scope_env(rule)
+        if got is None:
+            continue
+        env, mode, keys, frames_of = got
+        if env.n == 0:
+            continue
+        fires = rule.violations(env)
+        if mode is not None:
+            ok = np.isin(mode, [MODES.index(m) for m in rule.modes])
+            if rule.scope == "packet" and not rule.legs:
+                ok |= mode == 0      # traffic outside any connection (ICMP errors, checksums)
+            fires &= ok
+        if rule.scope == "packet" and rule.legs:
+            fires &= np.isin(f.leg, [LEGS.index(leg) for leg in rule.legs])
+        hits = np.flatnonzero(fires)
+        findings.extend(_group(rule, env, hits, keys, frames_of, conn_label, service_label, rs_label))
+    findings.sort(key=lambda x: (-int(x.severity), x.code, x.real_server or "", x.connection or ""))
+    return findings
+
+
+def _conn_col(conns: pd.DataFrame, name: str, conn: np.ndarray) -> np.ndarray:
+    col = np.concatenate([conns[name].to_numpy().astype(np.int64), [-1]]) if len(conns) else np.array([-1])
+    return col[conn]
+
+
+def _first_rows(f: Flows) -> np.ndarray:
+    rows = np.flatnonzero(f.conn >= 0)
+    out = np.full(len(f.connections), -1, dtype=np.int64)
+    if len(rows):
+        order = np.lexsort((f.table["ts_ns"][rows], f.conn[rows]))
+        c = f.conn[rows][order]
+        first = np.r_[True, c[1:] != c[:-1]]
+        out[c[first]] = rows[order][first]
+    return out
+
+
+def _rs_index_by_mac(ep, t: PacketTable, rows: np.ndarray) -> np.ndarray:
+    macs = t.group("arp")["arp_sha"]
+    out = np.full(len(rows), -1, dtype=np.int64)
+    for i, m in enumerate(ep.rs_mac.tolist()):
+        if m:
+            out[macs == m] = i
+    return out
+
+
+def _result(table: PacketTable, topo: Topology, flows: Flows, findings: list[Finding],
+            origin: str | None) -> AuditResult:
+    inputs = [InputInfo(path=a["path"], frames=a["frames"], decoded=a["decoded"], ignored=a["ignored"],
+                        undecodable=a["undecodable"], interfaces=a["interfaces"], truncated=a["truncated"],
+                        damage=a["damage"]) for a in table.accounting()]
+    c = flows.connections
+    ep = flows.endpoints
+    summary = Summary()
+    if len(c):
+        summary.connections = len(c)
+        summary.complete = int(c["state"].isin(["complete", "open", "answered"]).sum())
+        summary.failed = int(c["state"].isin(["no-answer", "refused", "reset-by-server", "unanswered"]).sum())
+        by = c[c["rs"] >= 0].groupby("rs").size()
+        summary.by_real_server = {str(ep.real_servers[int(i)][1].ip): int(n) for i, n in by.items()}
+        summary.director_bytes = int((c["by_client_director"] + c["by_director_rs"] + c["by_rs_director"]
+                                      + c["by_director_client"]).sum())
+    return AuditResult(inputs=inputs, summary=summary, findings=findings, topology=origin)
