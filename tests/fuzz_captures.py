@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from fuzz_frames import SUPPORTED_LINKTYPES, TS0, U16, any_frame, hexbytes
+from fuzz_frames import SUPPORTED_LINKTYPES, TS0, U16, any_frame, branch, hexbytes
 from lvs_inspect.capture.records import open_input
 from lvs_inspect.capture.writer import PcapngWriter, PcapWriter
 
@@ -93,14 +93,14 @@ def pcapng_layout(data: bytes) -> tuple[Block, ...]:
 
 
 def _ts_steps() -> st.SearchStrategy[int]:
-    return st.one_of(st.just(1000), st.integers(0, 10**9))
+    return branch(st.just(1000), st.integers(0, 10**9))
 
 
 @st.composite
 def pcap_capture(draw) -> Capture:
     lt = draw(st.sampled_from(SUPPORTED_LINKTYPES))
     frames = draw(st.lists(any_frame((lt,), max_lies=1), max_size=6))
-    snaplen = draw(st.one_of(st.just(262144), st.integers(1, 120)))
+    snaplen = draw(branch(st.just(262144), st.integers(1, 120)))
     buf = io.BytesIO()
     ts = TS0
     with PcapWriter(buf, lt, nanos=draw(st.booleans()), big_endian=draw(st.booleans()),
@@ -118,7 +118,7 @@ def pcapng_section(draw) -> bytes:
     ifaces = draw(st.lists(st.tuples(st.sampled_from(SUPPORTED_LINKTYPES + (147,)),
                                      st.sampled_from((0, 262144, 64)),
                                      st.sampled_from((9, 6, 3, 0x80 | 20))), min_size=1, max_size=3))
-    comment = draw(st.one_of(st.none(), st.text(max_size=8)))
+    comment = draw(branch(st.none(), st.text(max_size=8)))
     with PcapngWriter(buf, [(f"if{i}", lt, snap, res) for i, (lt, snap, res) in enumerate(ifaces)],
                       comment=comment, big_endian=draw(st.booleans())) as w:
         ts = TS0
@@ -135,7 +135,7 @@ def pcapng_section(draw) -> bytes:
             lt = w.interfaces[i].linktype
             fr = draw(any_frame((lt,) if lt in SUPPORTED_LINKTYPES else (1,), max_lies=1))
             w.write(i, ts, fr.data, max(fr.wirelen, len(fr.data)),
-                    comment=draw(st.one_of(st.none(), st.just("c"))))
+                    comment=draw(branch(st.none(), st.just("c"))))
     return buf.getvalue()
 
 
@@ -146,7 +146,7 @@ def pcapng_capture(draw) -> Capture:
 
 
 def captures() -> st.SearchStrategy[Capture]:
-    return st.one_of(pcap_capture(), pcapng_capture())
+    return branch(pcap_capture(), pcapng_capture())
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,20 @@ from lvs_inspect.capture.schema import COLUMNS
 from lvs_inspect.capture.table import ADDRESS_COLUMNS
 from lvs_inspect.capture.writer import PcapngWriter
 
+
+@st.composite
+def branch(draw, *options):
+    """One of ``options`` (strategies or plain values), each equally likely; shrinks towards the
+    first.  (``st.one_of`` is no use here: ``one_of(just(x), integers())`` almost never gives x.)"""
+    opt = options[draw(st.sampled_from(range(len(options))))]
+    return draw(opt) if isinstance(opt, st.SearchStrategy) else opt
+
+
 U8 = st.integers(0, 0xFF)
 U16 = st.integers(0, 0xFFFF)
 U32 = st.integers(0, 0xFFFFFFFF)
 U128 = st.integers(0, (1 << 128) - 1)
-PORT = st.one_of(st.sampled_from((80, 443, 53, 6080)), U16)
+PORT = branch(st.sampled_from((80, 443, 53, 6080)), U16)
 TAIL = st.binary(max_size=48)
 
 SUPPORTED_LINKTYPES = (1, 101, 113, 228, 229, 276, 0)
@@ -57,6 +66,7 @@ class Frame:
     data: bytes
     wirelen: int
     rest: bytes = field(default=b"", compare=False)   # what a cut removed (a neighbour test's junk)
+    marks: tuple = field(default=(), compare=False)   # header boundaries in data + rest
 
     def __repr__(self) -> str:     # what hypothesis prints for a falsifying example
         return f"Frame(linktype={self.linktype}, data={hexbytes(self.data)}, wirelen={self.wirelen})"
@@ -105,8 +115,8 @@ def head(p: bytes, n: int) -> Pkt:
 def cut_point(draw, p: bytes) -> int:
     """Where to cut ``p``: near one of its header boundaries (mostly), or anywhere."""
     marks = getattr(p, "marks", ()) or (0,)
-    near = st.one_of(st.just(0), st.integers(-2, 8))
-    k = draw(st.one_of(st.tuples(st.sampled_from(marks), near).map(sum), st.integers(0, len(p))))
+    near = branch(st.just(0), st.integers(-2, 8))
+    k = draw(branch(st.tuples(st.sampled_from(marks), near).map(sum), st.integers(0, len(p))))
     return min(max(k, 0), len(p))
 
 
@@ -121,7 +131,7 @@ def pick(draw, lies: frozenset, site: str, honest, lie: st.SearchStrategy):
 
 def lying_len(true: int, bits: int = 16) -> st.SearchStrategy[int]:
     """A dishonest length field: a little off, or anything."""
-    return st.one_of(st.integers(-16, 16).map(lambda d: _clip(true + d, bits)),
+    return branch(st.integers(-16, 16).map(lambda d: _clip(true + d, bits)),
                      st.integers(0, (1 << bits) - 1))
 
 
@@ -232,7 +242,7 @@ def gre_packet(draw, lies: frozenset, depth: int) -> bytes:
     flags = pick(draw, lies, "gre_flags", (c << 15) | (k << 13) | (s << 12), U16)   # reserved bits, version
     ver = draw(st.sampled_from((4, 6)))
     proto = pick(draw, lies, "gre_proto", 0x0800 if ver == 4 else 0x86DD,
-                 st.one_of(st.sampled_from((0x0800, 0x86DD, 0x6558)), U16))
+                 branch(st.sampled_from((0x0800, 0x86DD, 0x6558)), U16))
     extra = 4 * (c + k + s)
     return cat(struct.pack("!HH", flags, proto), draw(st.binary(min_size=extra, max_size=extra)),
                draw(ip_packet(ver, lies, depth + 1)))
@@ -244,8 +254,8 @@ ICMP6_TYPES = (1, 2, 3, 4, 128, 129, 135)
 
 @st.composite
 def icmp_message(draw, lies: frozenset, proto: int, depth: int) -> bytes:
-    typ = draw(st.one_of(st.sampled_from(ICMP4_TYPES if proto == 1 else ICMP6_TYPES), U8))
-    code = draw(st.one_of(st.just(4), U8))
+    typ = draw(branch(st.sampled_from(ICMP4_TYPES if proto == 1 else ICMP6_TYPES), U8))
+    code = draw(branch(st.just(4), U8))
     rest = draw(st.binary(min_size=4, max_size=4))
     if depth < MAX_DEPTH and draw(st.booleans()):
         body = draw(ip_packet(draw(st.sampled_from((4, 6))), lies, depth + 1))
@@ -277,7 +287,7 @@ def l4_payload(draw, lies: frozenset, proto: int, depth: int, room: int = 0) -> 
 # ---- network -------------------------------------------------------------------------------
 
 def _protos(ver: int) -> st.SearchStrategy[int]:
-    return st.one_of(st.sampled_from((6, 17, 1 if ver == 4 else 58, 47, 4, 41)), U8)
+    return branch(st.sampled_from((6, 17, 1 if ver == 4 else 58, 47, 4, 41)), U8)
 
 
 @st.composite
@@ -290,7 +300,7 @@ def ipv4_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     ihl = pick(draw, lies, "ihl", ihl_true, st.integers(0, 15))
     ver = pick(draw, lies, "ip_ver", 4, st.integers(0, 15))
     total = pick(draw, lies, "ip_len", 4 * ihl_true + len(payload), lying_len(4 * ihl_true + len(payload)))
-    frag = pick(draw, lies, "ip_frag", draw(st.sampled_from((0x4000, 0))), st.one_of(st.just(0x2000), U16))
+    frag = pick(draw, lies, "ip_frag", draw(st.sampled_from((0x4000, 0))), branch(st.just(0x2000), U16))
     hdr = bytearray(struct.pack("!BBHHHBBH", (ver << 4) | ihl, draw(U8), total, draw(U16), frag,
                                 draw(U8), proto, 0)
                     + draw(U32).to_bytes(4, "big") + draw(U32).to_bytes(4, "big") + opts)
@@ -309,14 +319,14 @@ def ipv6_ext_chain(draw, lies: frozenset) -> tuple[list[int], list[bytes]]:
     out = []
     for t in types:
         if t == 44:    # fragment: reserved, offset << 3 | M, identification
-            off = pick(draw, lies, "ext_frag", 0, st.one_of(st.just(1), U16))
+            off = pick(draw, lies, "ext_frag", 0, branch(st.just(1), U16))
             out.append(struct.pack("!BHI", draw(U8), off, draw(U32)))
         elif t == 51:  # AH: length in 4-byte units minus 2
             words = draw(st.integers(1, 4))
             field = pick(draw, lies, "ext_len", words, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=4 * words + 6, max_size=4 * words + 6)))
         else:          # hop-by-hop, routing, destination options, mobility: 8-byte units minus 1
-            units = draw(st.one_of(st.integers(0, min(3, MAX_EXT_UNITS)), st.integers(0, MAX_EXT_UNITS)))
+            units = draw(branch(st.integers(0, min(3, MAX_EXT_UNITS)), st.integers(0, MAX_EXT_UNITS)))
             field = pick(draw, lies, "ext_len", units, U8)
             out.append(bytes([field]) + draw(st.binary(min_size=8 * units + 6, max_size=8 * units + 6)))
     return types, out
@@ -332,7 +342,7 @@ def ipv6_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     first = types[0] if types else proto
     ver = pick(draw, lies, "ip_ver", 6, st.integers(0, 15))
     plen = pick(draw, lies, "v6_plen", len(ext) + len(payload),
-                st.one_of(st.just(0), lying_len(len(ext) + len(payload))))   # 0: jumbogram
+                branch(st.just(0), lying_len(len(ext) + len(payload))))   # 0: jumbogram
     word0 = (ver << 28) | (draw(U8) << 20) | draw(st.integers(0, 0xFFFFF))
     hdr = (struct.pack("!IHBB", word0, plen, first, draw(U8)) + draw(U128).to_bytes(16, "big")
            + draw(U128).to_bytes(16, "big"))
@@ -408,17 +418,17 @@ def frames_for(draw, linktype: int, max_lies: int = 2, lies: frozenset | None = 
     data = full = draw(link_frame(linktype, lies))
     whole = len(data)
     if whole > 1500:   # a long packet: mostly captured with a snaplen, as it would be
-        data = head(data, draw(st.one_of(st.integers(0, 300), st.just(whole))))
+        data = head(data, draw(branch(st.integers(0, 300), st.just(whole))))
     data = head(data, pick(draw, lies, "snaplen", len(data), cut_point(data)))
     # a "cut" lie truncates the frame and the record claims it is whole
     data = head(data, pick(draw, lies, "cut", len(data), cut_point(data)))
     honest_wire = len(data) if "cut" in lies else whole
-    wirelen = pick(draw, lies, "wirelen", honest_wire, st.one_of(
+    wirelen = pick(draw, lies, "wirelen", honest_wire, branch(
         st.integers(1, 2000).map(lambda d: len(data) + d),       # snaplen cut
         st.integers(0, 0x2_0000).map(lambda d: len(data) + d),   # ... by a lot
         st.integers(0, len(data)),                               # lying: shorter than captured
     ))
-    return Frame(linktype, bytes(data), wirelen, bytes(full[len(data):]))
+    return Frame(linktype, bytes(data), wirelen, bytes(full[len(data):]), full.marks)
 
 
 def any_frame(linktypes=SUPPORTED_LINKTYPES, max_lies: int = 2) -> st.SearchStrategy[Frame]:
@@ -429,7 +439,7 @@ def any_frame(linktypes=SUPPORTED_LINKTYPES, max_lies: int = 2) -> st.SearchStra
 def random_bytes_frame(draw, linktypes=SUPPORTED_LINKTYPES + (UNSUPPORTED_LINKTYPE,)) -> Frame:
     lt = draw(st.sampled_from(linktypes))
     data = draw(st.binary(max_size=160))
-    wirelen = draw(st.one_of(st.just(len(data)), st.integers(0, 0xFFFFFFFF)))
+    wirelen = draw(branch(st.just(len(data)), st.integers(0, 0xFFFFFFFF)))
     return Frame(lt, data, wirelen)
 
 

@@ -1429,6 +1429,12 @@ class Expr:
     def format(self, env: "Env", rows=None) -> list[str]:
         """The value on each of ``rows`` (int indices or a bool mask; None: all) as text."""
         e = self._env(env, None)
+        if self.kind.is_set:     # a set constant: the same text on every row
+            value, present = self._root.ev(_Ctx(e, self.namespace))
+            n = e.n if rows is None else (int(np.count_nonzero(rows)) if np.asarray(rows).dtype == np.bool_
+                                         else len(rows))
+            text = ABSENT_TEXT if value is None else format_value(self.kind, value, addr_str=e.addr_str)
+            return [text] * n
         v, p = self.evaluate_masked(e)
         if rows is not None:
             v, p = v[rows], p[rows]

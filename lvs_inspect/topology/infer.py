@@ -65,9 +65,11 @@ def infer_topology(table: PacketTable, *, source: str = "inferred") -> Topology:
     # DR real servers are known by MAC: find their addresses (ARP, or frames they sent)
     arp = t.group("arp")
     mac_ip = {}
+    vips = np.array([v for v, _ in evidence], dtype=np.uint64)
     for mac in rs_macs:
         m = arp["arp_sha"] == mac
-        ips = arp["arp_spa"][m]
+        ips = arp["arp_spa"][m].astype(np.uint64)
+        ips = ips[~np.isin(ips, vips)]          # a real server that claims the VIP (ARP leak) is not the VIP
         if len(ips) == 0:
             ips = t["ip_src"][(t["eth_src"] == mac) & (t["ip_ver"] == 4)]
             ips = ips[~np.isin(ips, [v for v, _ in evidence])]
@@ -99,9 +101,8 @@ def infer_topology(table: PacketTable, *, source: str = "inferred") -> Topology:
         modes = Counter(rs.mode for rs in rss)
         mode = modes.most_common(1)[0][0]
         toa = None
-        if mode is Mode.FULLNAT and toa_seen:
-            kind = toa_seen.most_common(1)[0][0]
-            toa = ToaVariant(kind=kind, length=8)
+        if mode is Mode.FULLNAT:
+            toa = _toa_variant(t, lips, toa_seen)
         sched, sched_note = _scheduler(t, rss)
         services.append(Service(
             vip=parse_ip(t.addr_str(vip)), port=vport, protocol=Protocol.TCP, real_servers=tuple(rss),
@@ -134,18 +135,26 @@ def _group_copies(df: pd.DataFrame) -> pd.DataFrame:
     """Number the groups of copies of one client SYN (column ``grp``), in time order within each.
 
     NAT, DR and TUN keep the sequence number and the IP ID: copies share both. FullNAT remaps
-    the sequence number, so the SYNs left alone are grouped again by what FullNAT keeps (IP ID,
-    window, MSS, window scale) within a short time window.
+    the sequence number and the source, so groups are joined again when they share what FullNAT
+    keeps (IP ID, window, MSS, window scale), come within a short time window and differ in the
+    source address.
     """
     df = df.sort_values(["seq", "ip_id", "ts"], kind="stable")
     same = (df["seq"].diff() == 0) & (df["ip_id"].diff() == 0) & (df["ts"].diff() < COPY_WINDOW_NS)
     df["grp"] = (~same).cumsum()
-    size = df.groupby("grp")["grp"].transform("size")
-    alone = df[size == 1].sort_values(["ip_id", "win", "mss", "ws", "ts"], kind="stable")
-    if len(alone):
-        same2 = ((alone[["ip_id", "win", "mss", "ws"]].diff().abs().sum(axis=1) == 0)
-                 & (alone["ts"].diff() < COPY_WINDOW_NS))
-        df.loc[alone.index, "grp"] = df["grp"].max() + 1 + (~same2).cumsum()
+    # FullNAT: a SYN left alone joins the group (or the other lone SYN) with the same IP ID,
+    # window, MSS and window scale that comes closest before it
+    heads = df.groupby("grp", sort=False).agg(ip_id=("ip_id", "first"), win=("win", "first"),
+                                              mss=("mss", "first"), ws=("ws", "first"), ts=("ts", "min"),
+                                              src=("src", "first"))
+    heads = heads.reset_index().sort_values(["ip_id", "win", "mss", "ws", "ts"], kind="stable")
+    key_same = (heads[["ip_id", "win", "mss", "ws"]].diff().abs().sum(axis=1) == 0)
+    close = heads["ts"].diff() < COPY_WINDOW_NS
+    new_source = heads["src"] != heads["src"].shift(1)      # FullNAT replaced the source address
+    join = (key_same & close & new_source).to_numpy()
+    new_id = np.cumsum(~join)
+    remap = dict(zip(heads["grp"].to_numpy(), new_id))
+    df["grp"] = df["grp"].map(remap)
     return df.sort_values(["grp", "ts"], kind="stable")
 
 
@@ -234,6 +243,18 @@ def _vantage_evidence(everyone: pd.DataFrame, copies: pd.DataFrame, dmacs: set) 
     for iface, n in sent["iface"].value_counts().items():
         seen[int(iface)]["sent-copy"] += int(n)
     return seen
+
+
+def _toa_variant(t: PacketTable, lips: Counter, in_syn: Counter) -> ToaVariant | None:
+    """The TOA the director puts on packets from its local addresses: kind, length, and
+    whether SYNs carry it. None when no packet from a LIP carries one."""
+    rows = np.isin(t["ip_src"], np.array(list(lips), dtype=np.uint64)) & (t["toa_kind"] > 0)
+    if not rows.any():
+        return None
+    pairs = Counter(zip(t["toa_kind"][rows].tolist(), t["toa_len"][rows].tolist()))
+    (kind, length), _ = pairs.most_common(1)[0]
+    packets = {"ack", "data"} | ({"syn"} if in_syn else set())
+    return ToaVariant(kind=int(kind), length=int(length), packets=frozenset(packets))
 
 
 def _scheduler(t: PacketTable, rss) -> tuple[str, str]:
