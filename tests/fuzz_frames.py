@@ -41,7 +41,8 @@ U128 = st.integers(0, (1 << 128) - 1)
 PORT = branch(st.sampled_from((80, 443, 53, 6080)), U16)
 TAIL = st.binary(max_size=48)
 
-SUPPORTED_LINKTYPES = (1, 101, 113, 228, 229, 276, 0)
+SUPPORTED_LINKTYPES = (1, 101, 113, 228, 229, 276, 0)   # the link types frames are built for
+DECODED_LINKTYPES = SUPPORTED_LINKTYPES + (108, 12, 14)  # also decoded: OpenBSD loopback, BSD raw IP
 UNSUPPORTED_LINKTYPE = 147          # LINKTYPE_USER0
 MAX_DEPTH = 2                       # tunnels and ICMP errors nest at most this deep
 MAX_EXT_UNITS = 40                  # IPv6 extension header length field (8-byte units - 1) at most
@@ -436,7 +437,7 @@ def any_frame(linktypes=SUPPORTED_LINKTYPES, max_lies: int = 2) -> st.SearchStra
 
 
 @st.composite
-def random_bytes_frame(draw, linktypes=SUPPORTED_LINKTYPES + (UNSUPPORTED_LINKTYPE,)) -> Frame:
+def random_bytes_frame(draw, linktypes=DECODED_LINKTYPES + (UNSUPPORTED_LINKTYPE,)) -> Frame:
     lt = draw(st.sampled_from(linktypes))
     data = draw(st.binary(max_size=160))
     wirelen = draw(branch(st.just(len(data)), st.integers(0, 0xFFFFFFFF)))
@@ -513,5 +514,5 @@ def row_diff(a: dict, b: dict) -> dict:
 
 
 __all__ = ["Frame", "hexbytes", "LIE_SITES", "STAMPS_RANDOM", "stamp_from", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
-           "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES",
+           "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES", "DECODED_LINKTYPES",
            "UNSUPPORTED_LINKTYPE"]

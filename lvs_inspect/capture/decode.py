@@ -157,6 +157,7 @@ def _ip_layer(f: _Frames, pos: np.ndarray, rows: np.ndarray, want: np.ndarray,
     """
     if w is None:
         w = f.window(pos)
+    rows = _cut(f, pos + 1, rows, status, Status.UNDECODABLE_IP_HEADER)   # the version nibble at least
     ver = (w[:, 0] >> 4).astype(np.uint8)
     want = np.where(want == 0, ver, want)
     bad_ver = rows & ((ver != want) | ((ver != 4) & (ver != 6)))
@@ -232,6 +233,11 @@ def _ip_layer(f: _Frames, pos: np.ndarray, rows: np.ndarray, want: np.ndarray,
         hlen[idx] = p - pos[idx]
         keep = ~beyond & ~nonfirst & np.isin(nh, IPV6_EXT)
         idx, p, nh = idx[keep], p[keep], nh[keep]
+    if len(idx):   # a chain longer than any real one: treat as malformed
+        bad = np.zeros(len(status), dtype=bool)
+        bad[idx] = True
+        _set_status(status, bad, Status.UNDECODABLE_EXT_HEADER)
+        v6[idx] = False
 
     return _IP(
         ver=np.where(v4, 4, np.where(v6, 6, 0)).astype(np.uint8),
@@ -334,6 +340,11 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
     empty_frame = known & (f.cap == 0)
     _set_status(status, empty_frame, Status.UNDECODABLE_SHORT_L2)
     ok &= ~empty_frame
+    cut_l2 = ~ok   # nothing of a link-layer header that is not all there
+    if cut_l2.any():
+        for name in ("eth_src", "eth_dst", "vlan", "vlan2", "pkttype"):
+            core[name][cut_l2] = empty_column(name, 1)[0]
+        etype = np.where(cut_l2, 0, etype)
     core["ethertype"] = etype.astype(np.uint16)
 
     is_arp = ok & (etype == 0x0806)
@@ -381,16 +392,17 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
     inner_pos = np.where(ipip, l4o, inner_pos)
     inner_want = np.where(ipip, np.where(ip.proto == 4, 4, 6), inner_want)
 
-    gre_c = ipok & first_frag & (ip.proto == 47)
-    gue_c = ipok & first_frag & (ip.proto == 17)
+    # a tunnel header cut by snaplen cannot be read: the packet stays a plain GRE/UDP packet
+    gre_c = ipok & first_frag & (ip.proto == 47) & (f.cap >= l4o + 4)
+    gue_c = ipok & first_frag & (ip.proto == 17) & (f.cap >= l4o + 4)
     w4o = f.window(l4o) if (gre_c.any() or gue_c.any()) else None
     if gre_c.any():
         wg = w4o
         gflags = _u16(wg, 0)
         gproto = _u16(wg, 2)
         carries_ip = gre_c & ((gproto == 0x0800) | (gproto == 0x86DD)) & ((gflags & 0x4007) == 0)
-        gok = _cut(f, l4o + 4, carries_ip, status, Status.UNDECODABLE_TUNNEL)
         glen = 4 + 4 * ((gflags >> 15) & 1) + 4 * ((gflags >> 13) & 1) + 4 * ((gflags >> 12) & 1)
+        gok = _cut(f, l4o + glen, carries_ip, status, Status.UNDECODABLE_TUNNEL)
         tun[gok] = Tun.GRE
         tun_flags = np.where(gok, gflags, tun_flags).astype(np.uint16)
         inner_pos = np.where(gok, l4o + glen, inner_pos)
@@ -684,10 +696,11 @@ def _icmp(f: _Frames, w4, l4, fin: _IP, rows: np.ndarray, book: AddressBook) -> 
     code = wi[:, 1]
     v6 = fin.ver[rows] == 6
     err = np.where(v6, np.isin(typ, ICMP6_ERRORS), np.isin(typ, ICMP4_ERRORS))
-    mtu = np.where(~v6 & (typ == 3) & (code == 4), _u16(wi, 6),
-                   np.where(v6 & (typ == 2), _u32(wi, 4), 0)).astype(np.uint32)
     epos = l4[rows] + 8
     cap = f.cap[rows]
+    whole = cap >= epos       # the 8-byte ICMP header is all there
+    mtu = np.where(whole & ~v6 & (typ == 3) & (code == 4), _u16(wi, 6),
+                   np.where(whole & v6 & (typ == 2), _u32(wi, 4), 0)).astype(np.uint32)
     we = f.window(epos, rows)
     ever = (we[:, 0] >> 4).astype(np.uint8)
     ev4 = err & ~v6 & (ever == 4) & (cap >= epos + 20)

@@ -118,8 +118,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("ip_ttl", "u1", "core", "TTL / hop limit"),
     _c("ip_id", "u4", "core", "IPv4 identification; IPv6 fragment header identification"),
     _c("ip_frag", "u2", "core", "IPv4 flags+fragment offset field (DF 0x4000, MF 0x2000, offset*8 in low 13 bits); IPv6 fragment header mapped the same way"),
-    _c("ip_len", "u2", "core", "total length of the IP packet including its header (IPv6: 40 + payload length)"),
-    _c("ip_hlen", "u1", "core", "IP header length in bytes (IPv6: 40 + extension headers)"),
+    _c("ip_len", "u4", "core", "total length of the IP packet including its header (IPv6: 40 + payload length)"),
+    _c("ip_hlen", "u2", "core", "IP header length in bytes (IPv6: 40 + extension headers)"),
     _c("ip_tos", "u1", "core", "IPv4 TOS / IPv6 traffic class (DSCP << 2 | ECN)"),
     _c("ip_proto", "u1", "core", "IPv4 protocol / IPv6 final next header"),
     # --- transport ----------------------------------------------------------------
