@@ -203,10 +203,35 @@ def classify_legs(table: PacketTable, topo: Topology):
 
     nat = MODE_CODES["nat"]
     put((rs_to >= 0) & (to_rs_mode == nat) & ~to_vip, D_R, nat, rs_svc[rs_to], rs_to)
-    nat_reply = (rs_from >= 0) & (from_rs_mode == nat) & ~from_vip
+
+    # the director sends a client's packet to a real server's address with another port than
+    # configured, or rewrites it for a DR/TUN server, or sends FullNAT from another address
+    # than a LIP: misconfigurations the checks must see, so the hop keeps the server's mode
+    any_port = np.zeros(n, np.int64)
+    rs_to_ip = _match(ip_dst, any_port, proto, ep.rs_ip, np.zeros(len(ep.rs_ip), np.int64), rs_proto)
+    rs_to_ip[~l4ok] = -1
+    own = np.isin(ip_src, np.array([_key(table, a) for a in topo.director.ips], dtype=np.uint64))
+    odd_hop = (rs_to_ip >= 0) & ~to_vip & l2 & from_d & ~own & ~np.isin(ip_src, ep.svc_vip) & ~np.isin(ip_src, ep.rs_ip)
+    put(odd_hop, D_R, mode_of_rs[rs_to_ip], rs_svc[rs_to_ip], rs_to_ip)
+    # ... and the real server's replies from the port the director used
+    used = {(int(r), int(p)) for r, p in zip(rs_to_ip[leg == D_R], dport[leg == D_R]) if r >= 0}
+    rs_from_ip = _match(ip_src, any_port, proto, ep.rs_ip, np.zeros(len(ep.rs_ip), np.int64), rs_proto)
+    rs_from_ip[~l4ok] = -1
+    if used:
+        pairs_used = np.array(sorted(used), dtype=np.int64)
+        code = rs_from_ip.astype(np.int64) * 65536 + sport
+        ok_port = np.isin(code, pairs_used[:, 0] * 65536 + pairs_used[:, 1])
+        rs_from = np.where((rs_from < 0) & ok_port & ~from_vip, rs_from_ip, rs_from).astype(np.int16)
+        from_rs_mode = mode_of_rs[rs_from]
+    # a reply from a real server's address (NAT, or a DR/TUN server the director rewrites for)
+    nat_reply = (rs_from >= 0) & ~from_vip & ~dst_lip & ((from_rs_mode == nat) | (rs_from_ip >= 0) & ~np.isin(
+        from_rs_mode, (MODE_CODES["fullnat"],)))
+    nat_reply &= (from_rs_mode == nat) | np.isin(rs_from, np.unique(rs_to_ip[(leg == D_R) & (rs_to_ip >= 0)]))
     via_d = to_d | ~l2 | (len(dmacs) == 0)
-    put(nat_reply & via_d & (role != ROLE_CODES["client"]), R_D, nat, rs_svc[rs_from], rs_from)
-    put(nat_reply, R_C, nat, rs_svc[rs_from], rs_from)   # the reply bypasses the director
+    # the director forwarded the reply without rewriting it (no connection entry)
+    put(nat_reply & l2 & from_d & ~to_d, D_C, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)
+    put(nat_reply & via_d & (role != ROLE_CODES["client"]), R_D, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)
+    put(nat_reply, R_C, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)   # the reply bypasses the director
 
     # traffic to the VIP: from the client, from the director to a real server (DR), or a bypass
     rs_by_mac = _index_by_mac(eth_dst, ep.rs_mac)

@@ -52,15 +52,19 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     svc_vip = np.concatenate([ep.svc_vip, [0]]).astype(np.uint64)
     svc_port = np.concatenate([ep.svc_port, [0]]).astype(np.int64)
 
-    fwd = np.isin(leg, (C_D, C_R)) | ((leg == D_R) & np.isin(mode, (MODE_CODES["dr"], MODE_CODES["tun"], 0)))
+    # hops that carry a real server's address (NAT, and misconfigured hops of other modes)
+    rs_addr_fwd = (leg == D_R) & (rs >= 0) & (ip_dst == np.concatenate([ep.rs_ip, [0]])[rs]) & (
+        mode != MODE_CODES["fullnat"])
+    rs_addr_back = np.isin(leg, (R_D, R_C, D_C)) & (rs >= 0) & (ip_src == np.concatenate([ep.rs_ip, [0]])[rs]) & (
+        mode != MODE_CODES["fullnat"])
+    fwd = (np.isin(leg, (C_D, C_R)) | (leg == D_R)) & ~rs_addr_fwd & ~((leg == D_R) & (mode == MODE_CODES["fullnat"]))
     cip[fwd], cport[fwd], vip[fwd], vport[fwd] = ip_src[fwd], sport[fwd], ip_dst[fwd], dport[fwd]
-    back = np.isin(leg, (D_C, R_C)) & ~((leg == R_C) & (mode == MODE_CODES["nat"]))
+    back = np.isin(leg, (D_C, R_C)) & ~rs_addr_back
     cip[back], cport[back], vip[back], vport[back] = ip_dst[back], dport[back], ip_src[back], sport[back]
 
-    # NAT: the real server's side carries RIP:rport; the client side is unchanged
-    nat = mode == MODE_CODES["nat"]
-    nat_fwd = nat & (leg == D_R)
-    nat_back = nat & np.isin(leg, (R_D, R_C))
+    # the real server's side carries RIP:rport; the client side is unchanged
+    nat_fwd = rs_addr_fwd
+    nat_back = rs_addr_back
     _svc_port = svc_port[svc]
     cip[nat_fwd], cport[nat_fwd] = ip_src[nat_fwd], sport[nat_fwd]
     vip[nat_fwd] = svc_vip[svc[nat_fwd]]
