@@ -196,13 +196,20 @@ class PacketTable:
 
     @staticmethod
     def concat(parts: Sequence["PacketTable"]) -> "PacketTable":
+        """Join chunk tables into one. The parts are consumed (their columns are released)."""
         if not parts:
             raise ValueError("nothing to concatenate")
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
         offsets = np.cumsum([0] + [p.n for p in parts])
-        core = {k: np.concatenate([p.core[k] for p in parts]) for k in first.core}
+        # column by column, releasing each part's copy as soon as it is joined: the peak stays
+        # near one table, not two
+        core = {}
+        for k in list(first.core):
+            core[k] = np.concatenate([p.core[k] for p in parts])
+            for p in parts:
+                p.core[k] = None
         sparse = {}
         for g, cols in first.sparse.items():
             sparse[g] = {}
@@ -212,6 +219,8 @@ class PacketTable:
                 else:
                     sparse[g][k] = np.concatenate([p.sparse[g][k] for p in parts])
         opt = np.concatenate([p.opt_bytes for p in parts])
+        for p in parts:
+            p.opt_bytes = None
         last = parts[-1]
         return PacketTable(int(offsets[-1]), core, sparse, opt, last.vantages, last.book, last.inputs)
 

@@ -144,14 +144,18 @@ def _group_copies(df: pd.DataFrame) -> pd.DataFrame:
     df["grp"] = (~same).cumsum()
     # FullNAT: a SYN left alone joins the group (or the other lone SYN) with the same IP ID,
     # window, MSS and window scale that comes closest before it
-    heads = df.groupby("grp", sort=False).agg(ip_id=("ip_id", "first"), win=("win", "first"),
-                                              mss=("mss", "first"), ws=("ws", "first"), ts=("ts", "min"),
-                                              src=("src", "first"))
+    g = df.groupby("grp", sort=False)
+    heads = g.agg(ip_id=("ip_id", "first"), win=("win", "first"), mss=("mss", "first"), ws=("ws", "first"),
+                  ts=("ts", "min"), src=("src", "first"), dst=("dst", "first"))
+    # groups whose copies all keep the addresses (no NAT rewrite inside them)
+    heads["plain"] = (g["src"].nunique() == 1) & (g["dst"].nunique() == 1)
     heads = heads.reset_index().sort_values(["ip_id", "win", "mss", "ws", "ts"], kind="stable")
     key_same = (heads[["ip_id", "win", "mss", "ws"]].diff().abs().sum(axis=1) == 0)
     close = heads["ts"].diff() < COPY_WINDOW_NS
-    new_source = heads["src"] != heads["src"].shift(1)      # FullNAT replaced the source address
-    join = (key_same & close & new_source).to_numpy()
+    # FullNAT replaced both addresses; both groups are plain (else the rewrite is already inside one)
+    rewritten = (heads["src"] != heads["src"].shift(1)) & (heads["dst"] != heads["dst"].shift(1))
+    both_plain = heads["plain"] & heads["plain"].shift(1, fill_value=False)
+    join = (key_same & close & rewritten & both_plain).to_numpy()
     new_id = np.cumsum(~join)
     remap = dict(zip(heads["grp"].to_numpy(), new_id))
     df["grp"] = df["grp"].map(remap)
@@ -270,6 +274,12 @@ def _vantage_roles(t: PacketTable, seen, mac_ip) -> dict[str, VantageRole]:
         c = seen.get(v.id, Counter())
         before = c.get("orig", 0) + c.get("into-director", 0)
         copies = {k: n for k, n in c.items() if k.startswith("copy:")}
+        # a handful of copies among many originals (or the reverse) are coincidences, not a role
+        total = before + sum(copies.values())
+        if sum(copies.values()) < 0.02 * total:
+            copies = {}
+        if before < 0.02 * total:
+            before = 0
         if before and copies:
             roles[v.name] = VantageRole("director")
         elif copies and c.get("sent-copy", 0) * 2 > sum(copies.values()):
