@@ -151,9 +151,10 @@ def captures() -> st.SearchStrategy[Capture]:
 
 @dataclass(frozen=True)
 class Damaged:
-    how: str                # "cut", "flip", "gzip-cut"
+    how: str                # "cut", "flip", "gzip-cut", "gzip-flip"
     data: bytes             # the damaged input as read
-    at: int                 # decompressed offset of the damage (cut point / flipped byte)
+    at: int                 # decompressed offset of the damage (cut point / flipped byte /
+                            # end of what the damaged gzip stream still yields intact)
 
     def __repr__(self) -> str:
         return f"Damaged({self.how!r}, at={self.at}, data={hexbytes(self.data)})"
@@ -171,11 +172,31 @@ def decompressible(gz: bytes) -> int:
         return 0
 
 
+def intact_prefix(gz: bytes, original: bytes) -> int:
+    """How many leading bytes of ``original`` a damaged gzip stream still yields correctly (fed
+    byte by byte, so that nothing zlib produced before it noticed the damage is lost)."""
+    d = zlib.decompressobj(wbits=31)
+    out = bytearray()
+    try:
+        for i in range(len(gz)):
+            out += d.decompress(gz[i:i + 1])
+            if d.eof:
+                break
+    except zlib.error:
+        pass
+    n = min(len(out), len(original))
+    diff = next((i for i in range(n) if out[i] != original[i]), n)
+    return diff
+
+
 @st.composite
 def damage(draw, cap: Capture) -> Damaged:
-    how = draw(st.sampled_from(("cut", "flip", "gzip-cut")))
-    if how == "cut":
-        c = draw(st.integers(0, len(cap.data)))
+    how = draw(st.sampled_from(("cut", "flip", "gzip-cut", "gzip-flip")))
+    if how == "cut":   # near a record boundary, past the file header, or anywhere
+        n = len(cap.data)
+        near = st.sampled_from(sorted(cap.boundaries())).flatmap(
+            lambda b: st.integers(max(0, b - 4), min(n, b + 4)))
+        c = draw(branch(near, st.integers(min(cap.header_len, n), n), st.integers(0, n)))
         return Damaged("cut", cap.data[:c], c)
     if how == "flip":
         block = draw(st.sampled_from(cap.blocks))
@@ -185,8 +206,14 @@ def damage(draw, cap: Capture) -> Damaged:
         data[at] ^= mask
         return Damaged("flip", bytes(data), at)
     gz = gzip.compress(cap.data, mtime=0)
-    c = draw(st.integers(0, len(gz) - 1))
-    return Damaged("gzip-cut", gz[:c], decompressible(gz[:c]))
+    if how == "gzip-cut":
+        c = draw(st.integers(0, len(gz) - 1))
+        return Damaged("gzip-cut", gz[:c], decompressible(gz[:c]))
+    # a flipped byte in the deflate data or the trailer (CRC32, size): past the 10-byte gzip header
+    at = draw(st.integers(10, len(gz) - 1))
+    data = bytearray(gz)
+    data[at] ^= draw(st.integers(1, 255))
+    return Damaged("gzip-flip", bytes(data), intact_prefix(bytes(data), cap.data))
 
 
 @dataclass

@@ -5,9 +5,12 @@ extension headers, TCP/UDP/ICMP, GRE/GUE/IPIP with an inner packet, ARP), with e
 value drawn.  Lies are explicit: each frame draws a small set of *lie sites* (``LIE_SITES``:
 ``ip_len``, ``tcp_doff``, ``ext_len`` ...) and only the fields at those sites take a dishonest
 value (a little off, or anything).  The shrinker removes lies it does not need, so a failure
-shrinks to the one field that matters.  Every frame ends in random tail bytes; a ``cut`` lie
-truncates it at a random point, a ``wirelen`` lie makes the record's wire length differ
-from what was captured (longer: snaplen; shorter: a lying record).
+shrinks to the one field that matters.  Every frame ends in random tail bytes.  The ``snaplen``
+site (not a lie) keeps only the frame's start and its wire length; a ``cut`` lie truncates it
+and the record claims it is whole; a ``wirelen`` lie makes the record's wire length differ
+from what was captured (longer, or shorter: a lying record).  Cut points prefer header
+boundaries (``Pkt.marks``), where a decoder that reads past the captured bytes shows it.
+Packets may carry zero "bulk" up to their length fields' limits (65535-byte IP packets).
 
 Also here: byte-exact capture builders (``pcap_bytes`` lets a record's wire length lie, which
 the writer refuses) and the table normaliser used to compare two decodes.
@@ -24,6 +27,7 @@ from lvs_inspect.capture import read_table
 from lvs_inspect.capture.schema import COLUMNS
 from lvs_inspect.capture.table import ADDRESS_COLUMNS
 from lvs_inspect.capture.writer import PcapngWriter
+from packets import csum16  # noqa: E402  (the one Internet checksum of the tests)
 
 
 @st.composite
@@ -148,15 +152,6 @@ def bulk(draw, room: int) -> bytes:
     return b"\0" * n
 
 
-def csum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 # ---- transport ---------------------------------------------------------------------------
 
 _TOA_KINDS = (254, 253, 200)
@@ -197,8 +192,12 @@ def tcp_option(draw, lies: frozenset) -> bytes:
 
 @st.composite
 def tcp_segment(draw, lies: frozenset, room: int = 0) -> bytes:
-    opts = b"".join(draw(st.lists(tcp_option(lies), max_size=6)))[:40]
-    fill = draw(st.sampled_from((b"\x00", b"\x01", b"\xfe")))
+    opts = b""
+    for opt in draw(st.lists(tcp_option(lies), max_size=6)):
+        if len(opts) + len(opt) <= 40:      # whole options only: a cut one would be a lie
+            opts += opt
+    # pad with EOL or NOP (a lying option kind when options lie)
+    fill = draw(st.sampled_from((b"\x00", b"\x01") + ((b"\xfe",) if "tcp_opt" in lies else ())))
     opts += fill * (-len(opts) % 4)
     doff = pick(draw, lies, "tcp_doff", 5 + len(opts) // 4, st.integers(0, 15))
     flags = draw(st.integers(0, 0x1FF))
@@ -212,7 +211,9 @@ def tcp_segment(draw, lies: frozenset, room: int = 0) -> bytes:
 def udp_datagram(draw, lies: frozenset, depth: int, room: int = 0) -> bytes:
     sport = draw(PORT)
     dport = draw(PORT)
-    if dport == 6080 and depth < MAX_DEPTH and draw(st.booleans()):
+    if dport == 6080 and depth >= MAX_DEPTH:
+        dport = 6081                        # the GUE port would need a GUE header
+    if dport == 6080:
         payload = draw(gue_payload(lies, depth))
     else:
         payload = draw(st.binary(max_size=40))
@@ -287,13 +288,20 @@ def l4_payload(draw, lies: frozenset, proto: int, depth: int, room: int = 0) -> 
 
 # ---- network -------------------------------------------------------------------------------
 
-def _protos(ver: int) -> st.SearchStrategy[int]:
-    return branch(st.sampled_from((6, 17, 1 if ver == 4 else 58, 47, 4, 41)), U8)
+IPV6_EXT_TYPES = (0, 60, 43, 44, 51, 135)
+
+
+def _protos(ver: int, depth: int) -> st.SearchStrategy[int]:
+    """Protocols an honest header may announce: the ones built here, or any other (an IPv6
+    extension header type or, at the deepest level, a tunnel would need its header)."""
+    common = (6, 17, 1 if ver == 4 else 58) + ((47, 4, 41) if depth < MAX_DEPTH else ())
+    avoid = set(IPV6_EXT_TYPES if ver == 6 else ()) | ({47, 4, 41} if depth >= MAX_DEPTH else set())
+    return branch(st.sampled_from(common), U8.filter(lambda p: p not in avoid))
 
 
 @st.composite
 def ipv4_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
-    proto = draw(_protos(4))
+    proto = draw(_protos(4, depth))
     opts = draw(st.binary(max_size=40))
     opts += b"\0" * (-len(opts) % 4)
     ihl_true = 5 + len(opts) // 4
@@ -308,9 +316,6 @@ def ipv4_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
     good = 0xFFFF - csum16(bytes(hdr))
     struct.pack_into("!H", hdr, 10, pick(draw, lies, "ip_csum", good, U16))
     return cat(bytes(hdr[:20]), bytes(hdr[20:]), payload)
-
-
-IPV6_EXT_TYPES = (0, 60, 43, 44, 51, 135)
 
 
 @st.composite
@@ -335,7 +340,7 @@ def ipv6_ext_chain(draw, lies: frozenset) -> tuple[list[int], list[bytes]]:
 
 @st.composite
 def ipv6_packet(draw, lies: frozenset, depth: int = 0) -> bytes:
-    proto = draw(_protos(6))
+    proto = draw(_protos(6, depth))
     types, chain = draw(ipv6_ext_chain(lies))
     nexts = types[1:] + [proto]
     ext = b"".join(bytes([nh]) + body for nh, body in zip(nexts, chain))
@@ -373,7 +378,7 @@ ETYPE = {"ip4": 0x0800, "ip6": 0x86DD, "arp": 0x0806}
 def link_frame(draw, linktype: int, lies: frozenset) -> bytes:
     """A whole frame for ``linktype``: link header, network payload, random tail (uncut)."""
     raw = linktype in (101, 228, 229)
-    kinds = ("ip4", "ip6") if raw else ("ip4", "ip6", "arp")
+    kinds = ("ip4", "ip6", "arp") if linktype in (1, 113, 276) else ("ip4", "ip6")   # ARP needs an ethertype
     kind = pick(draw, lies, "payload", draw(st.sampled_from(kinds)), st.just("other"))
     if linktype == 228 and kind != "other":
         kind = pick(draw, lies, "ip_ver", "ip4", st.sampled_from(("ip4", "ip6")))
@@ -513,6 +518,7 @@ def row_diff(a: dict, b: dict) -> dict:
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-__all__ = ["Frame", "hexbytes", "LIE_SITES", "STAMPS_RANDOM", "stamp_from", "any_frame", "frames_for", "random_bytes_frame", "pcap_bytes",
-           "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES", "DECODED_LINKTYPES",
-           "UNSUPPORTED_LINKTYPE"]
+__all__ = ["Frame", "Pkt", "branch", "cat", "head", "cut_point", "hexbytes", "csum16", "LIE_SITES",
+           "STAMPS_RANDOM", "stamp_from", "any_frame", "frames_for", "link_frame", "random_bytes_frame",
+           "pcap_bytes", "pcapng_bytes", "read_bytes", "table_rows", "row_diff", "SUPPORTED_LINKTYPES",
+           "DECODED_LINKTYPES", "UNSUPPORTED_LINKTYPE"]

@@ -338,6 +338,7 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
         etype = np.where(raw, et, etype)
     ok = _cut(f, l3, known, status, Status.UNDECODABLE_SHORT_L2)
     empty_frame = known & (f.cap == 0)
+    _set_status(status, empty_frame & (f.cap < f.wire), Status.UNDECODABLE_SNAPLEN)
     _set_status(status, empty_frame, Status.UNDECODABLE_SHORT_L2)
     ok &= ~empty_frame
     cut_l2 = ~ok   # nothing of a link-layer header that is not all there

@@ -216,6 +216,26 @@ class _PlainSource:
         return got
 
 
+def _salvage(d, data: bytes) -> bytes:
+    """What ``d`` decompresses from ``data`` before raising: fed in pieces of 256 bytes, and
+    the piece holding the damage again byte by byte, so nothing before the damage is lost
+    (the output is not limited: this happens once per input)."""
+    out = []
+    for i in range(0, len(data), 256):
+        piece = data[i:i + 256]
+        keep = d.copy()
+        try:
+            out.append(d.decompress(piece))
+        except zlib.error:
+            for j in range(len(piece)):
+                try:
+                    out.append(keep.decompress(piece[j:j + 1]))
+                except zlib.error:
+                    break
+            break
+    return b"".join(out)
+
+
 class _GzipSource:
     """Incremental gzip decompression (multi-member), bounded output per call."""
 
@@ -228,9 +248,14 @@ class _GzipSource:
         self._d = zlib.decompressobj(wbits=31)
         self._out = memoryview(b"")
         self._member_end = False
-        self.eof = False
+        self._done = False
         self.total = 0              # decompressed bytes delivered
         self.note: tuple[int, str] | None = None
+
+    @property
+    def eof(self) -> bool:
+        """Nothing more to deliver: the input is exhausted (or damaged) and no output is pending."""
+        return self._done and not len(self._out)
 
     def _raw(self) -> bytes:
         if self._stream:
@@ -249,7 +274,7 @@ class _GzipSource:
                 self._out = self._out[k:]
                 got += k
                 continue
-            if self.eof:
+            if self._done:
                 break
             if not self._in:
                 if wait is not None and not wait.more(got):
@@ -258,7 +283,7 @@ class _GzipSource:
                 if not self._in:
                     if not self._member_end:
                         self.note = (self.total + got, "gzip stream cut short")
-                    self.eof = True
+                    self._done = True
                     break
             if self._member_end:
                 # Between members: another member, zero padding, or trailing garbage.
@@ -274,14 +299,19 @@ class _GzipSource:
                     if self._in.strip(b"\0"):
                         self.note = (self.total + got,
                                      "bytes after the end of the gzip stream ignored")
-                    self.eof = True
+                    self._done = True
                     break
+            backup = self._d.copy()
             try:
                 out = self._d.decompress(self._in, max(n - got, 1 << 16))
             except zlib.error as err:
-                self.note = (self.total + got, f"gzip data corrupt ({err})")
-                self.eof = True
-                break
+                # keep what decompresses before the damage: feed the same input again in
+                # small pieces to a copy of the decompressor taken before this call
+                out = _salvage(backup, self._in)
+                self.note = (self.total + got + len(out), f"gzip data corrupt ({err})")
+                self._done = True
+                self._out = memoryview(out)
+                continue
             if self._d.eof:
                 self._in = self._d.unused_data
                 self._member_end = True
