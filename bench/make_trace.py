@@ -3,7 +3,7 @@
 
     python bench/make_trace.py --frames 1000000 --out bench/out/trace-1000000.pcapng [--seed 1]
                                [--mode nat|dr|tun|fullnat] [--tun ipip|gue|gre] [--profile dpvs|alibaba]
-                               [--fault NAME ...] [--small] [--format pcapng|pcap] [--split]
+                               [--fault NAME ...] [--small] [--rate N] [--format pcapng|pcap] [--split]
 
 The trace is what one dumpcap on the lab host would write while watching four veth ends:
 
@@ -74,6 +74,50 @@ arp-leak             dr: the router's director-side segment and the real servers
                      connections already scheduled on RS2-4 get RS1's RST (seq = the ack of the first
                      diverted segment) and end there.  RS1's ARP requests for its gateway carry sender IP =
                      VIP (arp_announce 0).
+wrong-port           nat: the director maps VIP:80 to 192.0.2.13:8080 (RS3 listens there): RS3's D->R packets
+                     go to port 8080 and its replies come from 192.0.2.13:8080, rewritten back to VIP:80.
+reply-not-rewritten  nat: about 15 % of the connections (always the second) lose their director entry right
+                     after the first request was forwarded.  The real server's answer (its pure ACK and first
+                     slow-start round) is forwarded unchanged: src RIP:80, TTL-1, from the director's client-side
+                     MAC; the client answers each segment with a RST (seq = its ack, IP ID 0) to the RIP, which the
+                     router delivers on the real servers' segment; once that RST arrives the server sends nothing
+                     more.  The client retransmits its request after its RTO (rtt + max(2 rtt, 200 ms)); it reaches
+                     the director, which (no entry, not a SYN) answers from its own stack: RST from VIP:80, TTL 64.
+syn-drop             nat: the director silently drops the first SYN of about 15 % of the connections
+                     (conn_reuse_mode 1 with conntrack 1, kernels < 5.9) and, on about 40 % of those (always the
+                     second connection), the first retransmission too.  The dropped SYNs reach p-client and p-dir-c
+                     only; the client sends the same SYN again 1 s and 3 s after the first (same sequence number and
+                     options, IP ID +1, TS value moved on); the whole connection runs 1 s (or 3 s) late.
+bad-checksum         any mode: on about 15 % of the connections (always the second) the client's delayed ACKs (pure
+                     ACKs during a response, not the handshake ACK nor the last ACK) carry a TCP checksum with bit
+                     0x0400 flipped on the D->R hop (p-dir-r, p-rs1) - never the offload pseudo-header value; the
+                     client-side copies are correct.  The real server drops them; the next cumulative ACK covers it.
+arp-announce         dr, tun: RS1's ARP requests for its gateway carry sender IP = VIP (arp_announce 0) and the
+                     router's replies target the VIP; RS1 does not answer ARP for the VIP, traffic is unchanged.
+rs-no-vip            dr, tun: RS2 has no VIP and drops silently what the director forwards to it: its clients'
+                     SYNs are retransmitted 1, 3, 7, 15, 31 and 63 s after the first (IP ID +1 each), each
+                     forwarded to RS2 again; its DNS queries are repeated once after 5 s; nothing is answered.
+rs-down              dr, tun: RS3 has the VIP but nothing listens on port 80: each forwarded SYN gets RST+ACK from
+                     VIP:80 (seq 0, ack ISN+1, window 0, no options, IP ID 0, TTL 64) straight to the router.
+rs-masquerade        dr: RS4 was added with -m and routes the clients via the director: its packets (HTTP and
+                     DNS) take the NAT path (D->R dst RIP, replies from RIP through the director, rewritten to VIP).
+not-encapsulated     tun: RS3 was added with -g: the director sends it plain DR frames (dst VIP, RS3's MAC, TTL-1,
+                     no outer header); RS3 has the VIP and answers directly like the others.
+no-decap             tun: RS2 cannot decapsulate (no ipip module; GUE: no fou socket).  For each tunnel packet, as
+                     far as Linux's per-destination ICMP rate limit allows (icmp_ratelimit 1 s, burst 6), it sends
+                     ICMP 3/2 (GUE: 3/3) to the tunnel source 192.0.2.1, TTL 64, TOS 0xc0, quoting the packet from
+                     its outer header on (up to 576 bytes in all, as icmp_send does); the director relays each error
+                     to the client (ip_vs_in_icmp: same type and code, from the VIP, quoting the inner packet), whose
+                     connect() fails at once.  Packets that drew no ICMP are retransmitted (SYN: 1, 3, 7 ... s;
+                     DNS: once after 5 s); RS2 never answers DNS.
+wrong-lip            fullnat: the local address pool is the director's own 192.0.2.1 instead of 192.0.2.200/201:
+                     D->R from 192.0.2.1:lport, R->D to it, the real servers resolve 192.0.2.1 by ARP.
+mss-not-lowered      fullnat: the SYN-ACK toward the client keeps the real server's MSS 1460 (Alibaba with
+                     mss_adjust_entry 0; a DPVS build whose SYN-ACK path skips the adjustment).
+
+--rate N (new TCP connections per second, default 3000; DNS and pings scale with it) sets how long a trace
+of --frames frames lasts: at 3000 a 1600-frame trace covers 0.15 s, at 12 about 4 s, long enough for the
+1 s / 3 s retransmissions of syn-drop, rs-no-vip and no-decap (at the default rate they fall past the end).
 
 --small shrinks payloads for committed fixtures (short request and response headers, cookies of at
 most 16 characters, bodies a tenth of the size: 40 B - 2.5 KB); without it the output for nat and dr
@@ -162,10 +206,31 @@ ENC_PROTO = np.array([0, 4, 17, 47], dtype=np.uint64)
 TUN_ENC = {"ipip": ENC_IPIP, "gue": ENC_GUE, "gre": ENC_GRE}
 # path of a logical packet when a fault sends it another way (observe() routes by it)
 PATH_NORMAL, PATH_BYPASS, PATH_LEAK = 0, 1, 2
+PATH_DROP_D = 3      # reaches the director's client side and goes no further
+PATH_NOREWRITE = 4   # a real server's reply the director forwards as it came (no connection entry)
+PATH_FROM_D = 5      # sent by the director itself toward the client (its own TCP stack)
+PATH_TO_DIP = 6      # a real server's packet to the director's own address (DIP), seen on p-dir-r only
+# per-row forwarding method when a real server is configured with another one than the mode's
+FWD_MODE, FWD_NAT, FWD_DR = 0, 1, 2
+SYN_RTO = (1, 3, 7, 15, 31, 63)        # Linux SYN retransmissions (s after the first SYN; tcp_syn_retries 6)
+DNS_RETRY = 5                          # glibc resolver: timeout 5 s, attempts 2
+ICMP_QUOTE = 576 - 20 - 8              # Linux icmp_send quotes the offending packet up to 576 bytes in all
+ICMP_RATELIMIT_MS, ICMP_BURST = 1000, 6   # net.ipv4.icmp_ratelimit, XRLIM_BURST_FACTOR (per destination)
+IPTOS_PREC_INTERNETCONTROL = 0xC0      # TOS of Linux ICMP errors
+RATE = 3000                            # new TCP connections per second (--rate)
+# faults whose clients retry seconds later: the trace is cut while new connections still arrive, so
+# that a capture of --frames frames is busy to its end (the retries past the cut are not in it)
+LATE_FAULTS = {"reply-not-rewritten", "syn-drop", "rs-no-vip", "no-decap"}
+WRONG_PORT = 8080                      # wrong-port: where the director sends RS3's connections
 
 FAULTS = {  # name: modes it applies to (documented in the module docstring)
     "toa-missing": ("fullnat",), "toa-wrong": ("fullnat",), "toa-forged": ("fullnat",),
     "nat-bypass": ("nat",), "ttl-not-decremented": ("nat", "dr", "tun"), "arp-leak": ("dr",),
+    "wrong-port": ("nat",), "reply-not-rewritten": ("nat",), "syn-drop": ("nat",),
+    "bad-checksum": ("nat", "dr", "tun", "fullnat"), "arp-announce": ("dr", "tun"),
+    "rs-no-vip": ("dr", "tun"), "rs-down": ("dr", "tun"), "rs-masquerade": ("dr",),
+    "not-encapsulated": ("tun",), "no-decap": ("tun",), "wrong-lip": ("fullnat",),
+    "mss-not-lowered": ("fullnat",),
 }
 
 
@@ -296,6 +361,12 @@ LOGICAL = {  # name: (default, dtype)
     "arp_op": (0, np.uint16), "arp_sha": (0, np.uint64), "arp_spa": (0, np.uint64),
     "arp_tha": (0, np.uint64), "arp_tpa": (0, np.uint64), "arp_dst": (0, np.uint64), "seg": (0, np.uint8),
     "path": (PATH_NORMAL, np.uint8), "opt": (OPT_DERIVE, np.uint8),
+    # fault columns: the real server's port when it differs from the service port, a corrupted TCP
+    # checksum on the D->R hop, the forwarding method of the row's real server (FWD_*), the ICMP code
+    # and IP TOS, and for ICMP errors the logical row whose frame they quote (inner: from its inner
+    # IP header on, as the director relays it)
+    "rport": (0, np.uint16), "csum_bad": (0, np.uint8), "fwd": (FWD_MODE, np.uint8),
+    "icmp_code": (0, np.uint8), "tos": (0, np.uint8), "quote_of": (-1, np.int64), "quote_inner": (0, np.uint8),
 }
 
 
@@ -318,7 +389,7 @@ def _grp_rank(keys: list[np.ndarray]) -> np.ndarray:
     return rank
 
 
-def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
+def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False, rate: int = RATE):
     """All packets once, at the director (td = time at the director, ns from the trace start).
 
     Returns the logical columns P, the payload pool and K, per-connection arrays (index = conn)
@@ -338,7 +409,7 @@ def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
     ttl0 = c_ttl0[cl].astype(np.uint8)
     cport = rng.integers(32768, 61000, C).astype(np.uint16)
     rs = (np.arange(C) % 4).astype(np.int8)                    # scheduler rr
-    t0 = np.cumsum(rng.exponential(1e9 / 3000.0, C)).astype(np.int64) + 5 * MS
+    t0 = np.cumsum(rng.exponential(1e9 / float(rate), C)).astype(np.int64) + 5 * MS
     rtt_c = np.clip(rng.lognormal(np.log(20 * MS), 0.8, C), 1 * MS, 300 * MS).astype(np.int64)
     rtt_s = rng.integers(80 * US, 400 * US, C)
     proc = np.clip(rng.lognormal(np.log(0.6 * MS), 1.0, C), 50 * US, 80 * MS).astype(np.int64)
@@ -455,8 +526,8 @@ def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
           ack=isn_s[cf] + 2 + rcum[cf], win=win_c[cf], tsval=tv, tsecr=te)
 
     duration = int(t0[-1]) + 50 * MS
-    # --- DNS over UDP to the VIP (same virtual-service rewrites), ~60 queries/s
-    nd = max(1, duration * 60 // 1_000_000_000)
+    # --- DNS over UDP to the VIP (same virtual-service rewrites), ~60 queries/s (at --rate 3000)
+    nd = max(1, duration * 60 * rate // (RATE * 1_000_000_000))
     td_q = np.sort(rng.integers(0, duration, nd))
     dcl = rng.integers(0, n_clients, nd)
     dport_c = rng.integers(32768, 61000, nd)
@@ -468,8 +539,8 @@ def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False):
     L.add(nd, **udp, dir=0, td=td_q, ip_id=rng.integers(0, 65536, nd), pl_start=dq_off[di], pl_len=dq_len[di])
     L.add(nd, **udp, dir=1, td=td_q + d_rtt, ip_id=rng.integers(0, 65536, nd), df=0,
           pl_start=dr_off[di], pl_len=dr_len[di])
-    # --- pings to the VIP, answered by the director (~4/s)
-    npg = max(1, duration * 4 // 1_000_000_000)
+    # --- pings to the VIP, answered by the director (~4/s at --rate 3000)
+    npg = max(1, duration * 4 * rate // (RATE * 1_000_000_000))
     td_p = np.sort(rng.integers(0, duration, npg))
     pcl = rng.integers(0, n_clients, npg)
     pid = rng.integers(1, 65536, npg)
@@ -592,7 +663,8 @@ def fault_nat_bypass(P: dict, K: dict, rng: np.random.Generator) -> dict:
 
 
 def fault_arp_leak(P: dict, K: dict, rng: np.random.Generator) -> dict:
-    """RS1 answers the router's ARP for the VIP after the director and wins: traffic skips the director."""
+    """RS1 answers the router's ARP for the VIP after the director and wins: traffic skips the director.
+    (Deterministic: takes `rng` only to share apply_passes' signature of fault passes.)"""
     C, dur = K["C"], K["duration"]
     rs1 = int(RS_MACS[0])
     L = Cols()
@@ -646,7 +718,261 @@ def fault_arp_leak(P: dict, K: dict, rng: np.random.Generator) -> dict:
     return _append(P, L)
 
 
-def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator) -> None:
+# --- faults added for the rule fixtures: helpers
+def _copy_rows(P: dict, idx: np.ndarray, **over) -> dict:
+    """Copies of the logical rows `idx`, with some columns replaced (scalars or arrays)."""
+    Q = {k: v[idx].copy() for k, v in P.items()}
+    for k, v in over.items():
+        Q[k] = np.broadcast_to(np.asarray(v), (len(idx),)).astype(P[k].dtype)
+    return Q
+
+
+def _add_rows(P: dict, *Qs: dict) -> dict:
+    return {k: np.concatenate([P[k]] + [Q[k] for Q in Qs]) for k in P}
+
+
+def _ident(ids, plus) -> np.ndarray:
+    """IP IDs `plus` packets further along a per-socket counter."""
+    return ((np.asarray(ids).astype(np.int64) + plus) & 0xFFFF).astype(np.uint16)
+
+
+def _conn_rows(P: dict, K: dict, sel: np.ndarray):
+    """(TCP rows of the connections selected by the per-connection mask `sel`, conn index per row)."""
+    tcp = P["kind"] == K_TCP
+    ci = np.where(tcp, P["conn"], 0)
+    return tcp & sel[ci], ci
+
+
+def _syn_rows(P: dict, rows: np.ndarray) -> np.ndarray:
+    """The client's first SYN among `rows` (one per connection: gen_logical makes one)."""
+    return np.flatnonzero(rows & (P["syn_opts"] == 1) & (P["dir"] == 0))
+
+
+def _syn_retransmissions(P: dict, syn: np.ndarray, offsets_s, path=PATH_NORMAL) -> list[dict]:
+    """The client's retransmissions of the SYNs `syn` after offsets_s[a] seconds: same sequence number
+    and options, the timestamp clock moved on, the next IP ID of the socket."""
+    out = []
+    for a, off in enumerate(offsets_s, 1):
+        d = int(off) * 1000 * MS
+        out.append(_copy_rows(P, syn, td=P["td"][syn] + d, tsval=(P["tsval"][syn] + np.uint64(off * 1000)) & M32,
+                              ip_id=_ident(P["ip_id"][syn], a), path=path))
+    return out
+
+
+def fault_wrong_port(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """The director maps VIP:80 to RS3's port 8080 (the real server listens there and answers)."""
+    rows = (P["kind"] == K_TCP) & (P["rs"] == 2) & (P["vport"] == HTTP_PORT)
+    P["rport"][rows] = WRONG_PORT
+    return P
+
+
+def fault_syn_drop(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """The director silently drops the first SYN of some connections (conn_reuse_mode=1 with conntrack=1,
+    kernels < 5.9), and on some of them the first retransmission too; the client's retransmission after
+    1 s (or 3 s) gets through and the connection runs from there."""
+    C = K["C"]
+    sel = _pick(rng, C)
+    three = sel & (rng.random(C) < 0.4)
+    three[min(1, C - 1)] = True
+    n_drop = np.where(three, 2, np.where(sel, 1, 0))
+    delay_s = np.array([0, 1, 3])[n_drop]
+    rows, ci = _conn_rows(P, K, sel)
+    syn = _syn_rows(P, rows)
+    dropped = [_copy_rows(P, syn, path=PATH_DROP_D)]
+    two = syn[n_drop[P["conn"][syn]] == 2]
+    dropped += _syn_retransmissions(P, two, (1,), path=PATH_DROP_D)
+    # the connection as it was generated now starts at the SYN that passed
+    c2s = P["dir"] == 0
+    d_ms = (delay_s[ci] * 1000).astype(np.uint64)
+    P["td"] = np.where(rows, P["td"] + delay_s[ci] * 1000 * MS, P["td"])
+    P["tsval"] = np.where(rows & c2s, (P["tsval"] + d_ms) & M32, P["tsval"])      # the client's clock ran on
+    P["tsecr"] = np.where(rows & ~c2s, (P["tsecr"] + d_ms) & M32, P["tsecr"])     # the server echoes it
+    P["ip_id"] = np.where(rows & c2s, _ident(P["ip_id"], n_drop[ci]), P["ip_id"]).astype(np.uint16)
+    return _add_rows(P, *dropped)
+
+
+def fault_reply_not_rewritten(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """The director loses the connection entry of some connections right after their first request was
+    forwarded; the real server's answer is then forwarded as it came (src RIP:80)."""
+    C = K["C"]
+    sel = _pick(rng, C)
+    rows, ci = _conn_rows(P, K, sel)
+    td, c2s = P["td"], P["dir"] == 0
+    big = np.iinfo(np.int64).max
+    req = rows & c2s & (P["pl_len"] > 0)
+    t_req = np.full(C, big, dtype=np.int64)
+    np.minimum.at(t_req, P["conn"][req], td[req])
+    first_req = np.flatnonzero(req & (td == t_req[ci]))
+    after = rows & (td > t_req[ci])
+    srv = after & ~c2s
+    t_first = np.full(C, big, dtype=np.int64)
+    np.minimum.at(t_first, P["conn"][srv], td[srv])
+    # the client answers each of them with a RST (no socket for RIP:80); once the first one reaches the
+    # real server (after the client's RTT) it sends nothing more
+    cut = np.where(t_first < big, t_first + K["rtt_c"] + 20 * US, big)
+    sent = np.flatnonzero(srv & (td < cut[ci]))
+    P["path"][sent] = PATH_NOREWRITE
+    rst = _copy_rows(P, sent, dir=0, td=td[sent] + K["rtt_c"][P["conn"][sent]], flags=RST, seq=P["ack"][sent],
+                     ack=0, win=0, ip_id=0, opt=OPT_NONE, pl_len=0, pl_start=0, syn_opts=0, path=PATH_BYPASS)
+    # the client retransmits its request after its RTO (one RTT sample: rtt + max(2 rtt, 200 ms)); the
+    # director has no entry, so its own TCP stack answers with a RST from VIP:80 (seq = the request's ack)
+    c = P["conn"][first_req]
+    rtt = K["rtt_c"][c] + K["rtt_s"][c]
+    rto = rtt + np.maximum(2 * rtt, 200 * MS)
+    again = _copy_rows(P, first_req, td=td[first_req] + rto,
+                       tsval=(P["tsval"][first_req] + (rto // MS).astype(np.uint64)) & M32,
+                       ip_id=_ident(P["ip_id"][first_req], 1), path=PATH_DROP_D)
+    reset = _copy_rows(P, first_req, dir=1, td=td[first_req] + rto + 30 * US, flags=RST, seq=P["ack"][first_req],
+                       ack=0, win=0, ip_id=0, opt=OPT_NONE, pl_len=0, pl_start=0, path=PATH_FROM_D)
+    keep = ~after | (P["path"] == PATH_NOREWRITE)
+    P = {k: v[keep] for k, v in P.items()}
+    return _add_rows(P, rst, again, reset)
+
+
+def fault_bad_checksum(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """Some connections' delayed ACKs reach the real servers with a corrupted TCP checksum (one bit
+    flipped on the D->R hop); the real server drops them and the next cumulative ACK covers them."""
+    sel = _pick(rng, K["C"])
+    rows, ci = _conn_rows(P, K, sel)
+    c2s = rows & (P["dir"] == 0)
+    last = np.full(K["C"], -1, dtype=np.int64)
+    np.maximum.at(last, P["conn"][c2s], P["td"][c2s])
+    hs_ack = (K["isn_s"][ci] + np.uint64(1)) & M32
+    m = c2s & (P["flags"] == ACK) & (P["pl_len"] == 0) & (P["ack"] != hs_ack) & (P["td"] < last[ci])
+    P["csum_bad"][m] = 1
+    return P
+
+
+def fault_arp_announce(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS1 (arp_announce 0) asks for its gateway with the VIP as sender address; it does not answer
+    ARP for the VIP (arp_ignore 1), and the router's VIP-side neighbours are on another segment."""
+    rs1 = int(RS_MACS[0])
+    arp = P["kind"] == K_ARP
+    g = arp & (P["arp_op"] == 1) & (P["arp_sha"] == rs1) & (P["arp_tpa"] == GW_RS_IP)
+    P["arp_spa"][g] = VIP
+    g = arp & (P["arp_op"] == 2) & (P["arp_sha"] == GW_RS) & (P["arp_tha"] == rs1)
+    P["arp_tpa"][g] = VIP
+    return P
+
+
+def fault_rs_no_vip(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS2 has no VIP: it drops what the director forwards (not a local address, ip_forward 0)."""
+    rows, _ = _conn_rows(P, K, K["rs"] == 1)
+    syn = _syn_rows(P, rows)
+    again = _syn_retransmissions(P, syn, SYN_RTO)
+    u = (P["kind"] == K_UDP) & (P["rs"] == 1)
+    q = np.flatnonzero(u & (P["dir"] == 0))
+    retry = _copy_rows(P, q, td=P["td"][q] + DNS_RETRY * 1000 * MS,
+                       ip_id=rng.integers(0, 65536, len(q)).astype(np.uint16))
+    keep = ~(rows | u)
+    keep[syn] = True
+    keep[q] = True
+    P = {k: v[keep] for k, v in P.items()}
+    return _add_rows(P, *again, retry)
+
+
+def fault_rs_down(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS3 has the VIP but nothing listens on port 80: it answers each SYN with RST+ACK from VIP:80."""
+    rows, _ = _conn_rows(P, K, K["rs"] == 2)
+    syn = _syn_rows(P, rows)
+    c = P["conn"][syn]
+    rst = _copy_rows(P, syn, dir=1, td=P["td"][syn] + K["rtt_s"][c], flags=RST | ACK, seq=0,
+                     ack=(P["seq"][syn] + np.uint64(1)) & M32, win=0, ip_id=0, opt=OPT_NONE, syn_opts=0)
+    keep = ~rows
+    keep[syn] = True
+    P = {k: v[keep] for k, v in P.items()}
+    return _add_rows(P, rst)
+
+
+def fault_rs_masquerade(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS4 is added with -m (masquerading) and routes the clients via the director, as NAT needs."""
+    P["fwd"][((P["kind"] == K_TCP) | (P["kind"] == K_UDP)) & (P["rs"] == 3)] = FWD_NAT
+    return P
+
+
+def fault_not_encapsulated(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS3 is added with -g (gatewaying) instead of -i: its packets go DR-style, without a tunnel."""
+    P["fwd"][((P["kind"] == K_TCP) | (P["kind"] == K_UDP)) & (P["rs"] == 2)] = FWD_DR
+    return P
+
+
+def fault_no_decap(P: dict, K: dict, rng: np.random.Generator, tun: str = "ipip") -> dict:
+    """RS2 cannot decapsulate: it answers the tunnel packets with ICMP unreachable to the director,
+    within Linux's per-destination ICMP rate limit; the director relays each such error to the client
+    (ip_vs_in_icmp), whose connect() then fails; packets that got no ICMP are retransmitted."""
+    rows, _ = _conn_rows(P, K, K["rs"] == 1)
+    syn = _syn_rows(P, rows)
+    q = np.flatnonzero((P["kind"] == K_UDP) & (P["rs"] == 1) & (P["dir"] == 0))
+    # every attempt a client may make: (time, first row, attempt number); TCP: SYN_RTO, DNS: one retry
+    ev_t, ev_r, ev_a, ev_k = [], [], [], []
+    for a, off in enumerate((0,) + SYN_RTO):
+        ev_t.append(P["td"][syn] + off * 1000 * MS)
+        ev_r.append(syn)
+        ev_a.append(np.full(len(syn), a))
+        ev_k.append(np.zeros(len(syn), dtype=np.int64))
+    for a, off in enumerate((0, DNS_RETRY)):
+        ev_t.append(P["td"][q] + off * 1000 * MS)
+        ev_r.append(q)
+        ev_a.append(np.full(len(q), a))
+        ev_k.append(np.ones(len(q), dtype=np.int64))
+    ev_t, ev_r, ev_a, ev_k = (np.concatenate(x) for x in (ev_t, ev_r, ev_a, ev_k))
+    order = np.lexsort((ev_a, ev_t))
+    # sequential by nature: RS2's token bucket toward the director (icmp_ratelimit 1 s, burst 6)
+    tokens, last = float(ICMP_BURST * ICMP_RATELIMIT_MS), None
+    done = set()
+    sent, icmp = [], []
+    for i in order.tolist():
+        r = int(ev_r[i])
+        if r in done:
+            continue
+        t = int(ev_t[i])
+        sent.append(i)
+        tokens = min(ICMP_BURST * ICMP_RATELIMIT_MS, tokens + ((t - last) / MS if last is not None else 0.0))
+        last = t
+        if tokens >= ICMP_RATELIMIT_MS:
+            tokens -= ICMP_RATELIMIT_MS
+            icmp.append(i)
+            done.add(r)
+    sent = np.array(sent, dtype=np.int64)
+    icmp = np.array(icmp, dtype=np.int64)
+    keep = ~rows
+    keep[syn] = True
+    keep &= ~((P["kind"] == K_UDP) & (P["rs"] == 1) & (P["dir"] == 1))   # RS2 never answers DNS either
+    # retransmissions (attempt > 0) become rows of their own
+    re = sent[ev_a[sent] > 0]
+    base = ev_r[re]
+    is_tcp = ev_k[re] == 0
+    off_ms = ((ev_t[re] - P["td"][base]) // MS).astype(np.uint64)
+    ids = np.where(is_tcp, _ident(P["ip_id"][base], ev_a[re]), rng.integers(0, 65536, len(re)))
+    again = _copy_rows(P, base, td=ev_t[re], ip_id=ids,
+                       tsval=np.where(is_tcp, (P["tsval"][base] + off_ms) & M32, P["tsval"][base]))
+    n0 = len(P["kind"])
+    row_of = {}                                   # event -> logical row of the packet it sent
+    for j, i in enumerate(re.tolist()):
+        row_of[i] = n0 + j
+    for i in sent[ev_a[sent] == 0].tolist():
+        row_of[i] = int(ev_r[i])
+    quoted = np.array([row_of[i] for i in icmp.tolist()], dtype=np.int64)
+    P = _add_rows(P, again)
+    t = ev_t[icmp]
+    code = 3 if tun == "gue" else 2              # GUE: no fou socket on the port; IPIP/GRE: no protocol
+    common = dict(kind=K_ICMP, icmp_type=3, icmp_code=code, icmp_id=0, icmp_seq=0, df=0,
+                  tos=IPTOS_PREC_INTERNETCONTROL, quote_of=quoted, cport=0, vport=0, flags=0, seq=0, ack=0,
+                  syn_opts=0, pl_start=0, pl_len=0, conn=-1, tsval=0, tsecr=0, win=0, fwd=FWD_MODE)
+    from_rs = _copy_rows(P, quoted, **common, dir=1, td=t + 40 * US, path=PATH_TO_DIP,
+                         ip_id=rng.integers(0, 65536, len(t)), quote_inner=0)
+    relayed = _copy_rows(P, quoted, **common, dir=1, td=t + 60 * US, path=PATH_NORMAL,
+                         ip_id=rng.integers(0, 65536, len(t)), quote_inner=1, rs=-1)
+    keep = np.concatenate([keep, np.ones(len(re), dtype=bool)])
+    P = {k: v[keep] for k, v in P.items()}
+    # the rows of P moved: re-point the quotes
+    new_index = np.cumsum(keep) - 1
+    from_rs["quote_of"] = new_index[from_rs["quote_of"]]
+    relayed["quote_of"] = new_index[relayed["quote_of"]]
+    return _add_rows(P, from_rs, relayed)
+
+
+def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator, lips: np.ndarray = LIPS) -> None:
     """LIP, lport, rport and D1 per connection/DNS exchange, and which client segments carry TOA."""
     kind, conn = P["kind"], P["conn"]
     tcp = kind == K_TCP
@@ -657,7 +983,7 @@ def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator) -> 
     np.minimum.at(start, f, P["td"][svc])
     rank = np.empty(nflow, dtype=np.int64)
     rank[np.argsort(start, kind="stable")] = np.arange(nflow)
-    lip_i = rank % 2                                           # LIPs round robin per connection
+    lip_i = rank % len(lips)                                   # LIPs round robin per connection
     f_rs = np.zeros(nflow, dtype=np.int64)
     f_rs[f] = P["rs"][svc]
     f_rport = np.zeros(nflow, dtype=np.uint64)
@@ -667,7 +993,7 @@ def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator) -> 
     f_cport = np.zeros(nflow, dtype=np.uint64)
     f_cport[f] = P["cport"][svc]
     if profile == "alibaba":                                   # lport_min + per-LIP counter++
-        lport = 5000 + (rank // 2) % (65536 - 5000)
+        lport = 5000 + (rank // len(lips)) % (65536 - 5000)
     else:  # DPVS sapool: per LIP, per worker (port low bit), per destination hash bucket, in port order
         h = (f_cip * np.uint64(0x9E3779B1) + f_cport * np.uint64(0x85EBCA6B)) & M32
         worker = ((h >> np.uint64(16)) & np.uint64(1)).astype(np.int64)
@@ -675,7 +1001,7 @@ def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator) -> 
         r = _grp_rank([lip_i, worker, bucket.astype(np.int64), start])
         lport = np.where(worker == 1, 1025, 1026) + 2 * (r % np.where(worker == 1, 32256, 32255))
     fi = np.where(svc, conn, 0)
-    P["lip"] = np.where(svc, LIPS[lip_i[fi]], 0).astype(np.uint64)
+    P["lip"] = np.where(svc, lips[lip_i[fi]], 0).astype(np.uint64)
     P["lport"] = np.where(svc, lport[fi], 0).astype(np.uint16)
     P["rport"] = np.where(svc, f_rport[fi], 0).astype(np.uint16)
     d1 = rng.integers(0, 1 << 32, K["C"], dtype=np.uint64)
@@ -712,15 +1038,30 @@ def fault_toa(P: dict, K: dict, faults, rng: np.random.Generator) -> None:
         P["xopt"][P["first_ack"] & _pick(rng, C)[ci]] = 1
 
 
-def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults) -> dict:
+def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults, tun: str = "ipip") -> dict:
     """Faults that change the traffic, then (FullNAT) the director's allocations and the TOA faults."""
     rng = np.random.default_rng([seed, 3])
     if "nat-bypass" in faults:
         P = fault_nat_bypass(P, K, rng)
     if "arp-leak" in faults:
         P = fault_arp_leak(P, K, rng)
+    passes = {"wrong-port": fault_wrong_port, "syn-drop": fault_syn_drop,
+              "reply-not-rewritten": fault_reply_not_rewritten, "bad-checksum": fault_bad_checksum,
+              "arp-announce": fault_arp_announce, "rs-no-vip": fault_rs_no_vip, "rs-down": fault_rs_down,
+              "rs-masquerade": fault_rs_masquerade, "not-encapsulated": fault_not_encapsulated}
+    for name, fn in passes.items():
+        if name in faults:
+            P = fn(P, K, np.random.default_rng([seed, 4, list(FAULTS).index(name)]))
+    if "no-decap" in faults:
+        P = fault_no_decap(P, K, np.random.default_rng([seed, 4, list(FAULTS).index("no-decap")]), tun)
     if mode == "fullnat":
-        fullnat_assign(P, K, profile, rng)
+        lips = LIPS
+        if "wrong-lip" in faults:   # the local address pool is the director's own 192.0.2.1
+            lips = np.array([DIP], dtype=np.uint64)
+            arp = P["kind"] == K_ARP
+            P["arp_tpa"][arp & (P["arp_op"] == 1) & np.isin(P["arp_tpa"], LIPS)] = DIP
+            P["arp_spa"][arp & (P["arp_op"] == 2) & np.isin(P["arp_spa"], LIPS)] = DIP
+        fullnat_assign(P, K, profile, rng, lips)
         fault_toa(P, K, faults, rng)
     return P
 
@@ -730,6 +1071,7 @@ EXTRA = {  # per-observation columns of the tun and fullnat modes: dtype
     "sport": np.uint16, "dport": np.uint16, "seq": np.uint64, "ack": np.uint64, "opt": np.uint8,
     "mss": np.uint16, "toa": np.uint8, "toa_port": np.uint16, "toa_addr": np.uint64, "xopt": np.uint8,
     "enc": np.uint8, "out_src": np.uint64, "out_dst": np.uint64, "out_ttl": np.uint8, "out_sport": np.uint16,
+    "csum_bad": np.uint8,
 }
 
 
@@ -746,9 +1088,19 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
     cip, ttl0 = P["cip"], P["ttl0"].astype(np.int64)
     path = P["path"]
     p0, byp, leak = path == PATH_NORMAL, path == PATH_BYPASS, path == PATH_LEAK
+    dropd, norw, fromd, todip = (path == PATH_DROP_D), (path == PATH_NOREWRITE), (path == PATH_FROM_D), \
+        (path == PATH_TO_DIP)
     dec = 0 if "ttl-not-decremented" in faults else 1          # the director's TTL decrement on D->R
     flat = "arp-leak" in faults                                 # segments 1 and 2 are one L2 domain
     nat = mode == "nat"
+    natr = (P["fwd"] == FWD_NAT) | nat                          # rows the director masquerades
+    # the real server's port on the D->R / R->D hop (wrong-port), and the corrupted checksums there
+    rport = np.where(P["rport"] > 0, P["rport"], P["vport"])
+    rs_hop = {}
+    if (P["rport"] > 0).any():
+        rs_hop.update(sport=np.where(c2s, P["cport"], rport), dport=np.where(c2s, rport, P["cport"]))
+    if P["csum_bad"].any():
+        rs_hop["csum_bad"] = np.where(c2s, P["csum_bad"], 0)
     out = []
 
     def arp_seen(v):
@@ -773,8 +1125,8 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
     asha, adst = P["arp_sha"], P["arp_dst"]
     if mode in ("nat", "dr"):
         # p-client: the site router's upstream link
-        s2c_ttl_client = np.where(icmp | byp, 63, 62 if nat else 63)
-        vip = np.where(byp, rip, VIP)                           # nat-bypass: RS1 answers from its RIP
+        s2c_ttl_client = np.where(icmp | byp | fromd, 63, np.where(natr, 62, 63))
+        vip = np.where(byp | norw, rip, VIP)                    # nat-bypass: RS1 answers from its RIP
         m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
         emit(V_CLIENT, m,
              np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
@@ -782,24 +1134,24 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
              np.where(c2s, cip, vip), np.where(c2s, vip, cip),
              np.where(c2s, ttl0, s2c_ttl_client))
         # p-dir-c: router <-> director
-        m = (((svc & (c2s | nat)) | icmp) & p0) | arp_seen(V_DIRC)
+        m = (((svc & (c2s | natr | fromd)) | icmp) & (p0 | dropd | norw | fromd)) | arp_seen(V_DIRC)
         emit(V_DIRC, m, 0,
              np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
-             np.where(c2s, cip, VIP), np.where(c2s, VIP, cip),
-             np.where(c2s, ttl0 - 1, np.where(icmp, 64, 63)))
+             np.where(c2s, cip, np.where(norw, rip, VIP)), np.where(c2s, VIP, cip),
+             np.where(c2s, ttl0 - 1, np.where(icmp | fromd, 64, 63)))
         # p-dir-r: director <-> real servers
         for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
-            m = svc & (c2s | nat) & p0
+            m = svc & (c2s | natr) & (p0 | norw)
             if only_rs1:
                 m &= rs == 0
             m |= arp_seen(v)
             hop = (20 if only_rs1 else 15) * US          # D->R wire time; RS1 sees a little later
             emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
                  np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
-                 np.where(c2s, cip, rip if nat else VIP), np.where(c2s, rip if nat else VIP, cip),
-                 np.where(c2s, ttl0 - 1 - dec, 64))
+                 np.where(c2s, cip, np.where(natr, rip, VIP)), np.where(c2s, np.where(natr, rip, VIP), cip),
+                 np.where(c2s, ttl0 - 1 - dec, 64), **rs_hop)
         if not nat:  # DR: replies leave the real server for the router (seen on RS1's own interface)
-            m = (svc | (icmp & leak)) & s2c & (rs == 0)
+            m = (svc | (icmp & leak)) & s2c & (rs == 0) & ~natr
             emit(V_RS1, m, -20 * US, rs_mac, GW_RS, VIP, cip, 64)
         if byp.any():  # nat-bypass: RS1 <-> router directly, with the RIP
             emit(V_RS1, byp & s2c & (rs == 0), -20 * US, rs_mac, GW_RS, rip, cip, 64)
@@ -811,26 +1163,29 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
         fh = (cip * np.uint64(0x9E3779B1) + P["cport"].astype(np.uint64) * np.uint64(0x85EBCA6B)
               + P["vport"].astype(np.uint64) * np.uint64(0xC2B2AE35) + kind.astype(np.uint64)) & M32
         plain = dict(enc=ENC_NONE, out_src=0, out_dst=0, out_ttl=0, out_sport=0)
-        m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
+        m = (((svc | icmp) & (c2s | s2c)) & ~todip) | arp_seen(V_CLIENT)
         emit(V_CLIENT, m, np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
              np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
              np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0, 63), **plain)
-        m = (svc & c2s) | icmp | arp_seen(V_DIRC)
+        m = (svc & c2s) | (icmp & ~todip) | arp_seen(V_DIRC)
         emit(V_DIRC, m, 0,
              np.where(arp, asha, np.where(c2s, GW_DIR, DIR_EXT)), np.where(arp, adst, np.where(c2s, DIR_EXT, GW_DIR)),
              np.where(c2s, cip, VIP), np.where(c2s, VIP, cip), np.where(c2s, ttl0 - 1, 64), **plain)
         inner_ttl = ttl0 - 1 - dec
+        enc = np.where(svc & (P["fwd"] != FWD_DR), TUN_ENC[tun], ENC_NONE)   # not-encapsulated: DR-style
         for v, only_rs1 in ((V_DIRR, False), (V_RS1, True)):
-            m = svc & c2s
+            m = svc & c2s & ~dropd
             if only_rs1:
                 m &= rs == 0
             m |= arp_seen(v)
             hop = (20 if only_rs1 else 15) * US
             emit(v, m, np.where(arp, 0, hop),
                  np.where(arp, asha, DIR_INT), np.where(arp, adst, rs_mac), cip, VIP, inner_ttl,
-                 enc=np.where(svc, TUN_ENC[tun], ENC_NONE), out_src=DIP, out_dst=rip, out_ttl=inner_ttl,
-                 out_sport=32768 + (fh >> np.uint64(7)) % np.uint64(28232))
+                 enc=enc, out_src=DIP, out_dst=rip, out_ttl=inner_ttl,
+                 out_sport=32768 + (fh >> np.uint64(7)) % np.uint64(28232), **rs_hop)
         emit(V_RS1, svc & s2c & (rs == 0), -20 * US, rs_mac, GW_RS, VIP, cip, 64, **plain)
+        if todip.any():  # no-decap: the real server's ICMP errors to the director's address
+            emit(V_DIRR, todip, -5 * US, rs_mac, DIR_INT, rip, DIP, 64, **plain)
     else:  # fullnat
         tcp = kind == K_TCP
         syn = tcp & (P["syn_opts"] == 1)
@@ -839,9 +1194,10 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
         opt_c = np.where(P["opt"] != OPT_DERIVE, P["opt"], opt_c)
         opt_r = np.where(csyn, OPT_SYN_TSNOP, opt_c)              # the SYN's timestamps become 10 NOPs
         d1 = P["d1"]
+        mss_c = FNAT_MSS if "mss-not-lowered" in faults else FNAT_MSS - 8
         client_side = dict(
             sport=np.where(c2s, P["cport"], P["vport"]), dport=np.where(c2s, P["vport"], P["cport"]),
-            seq=P["seq"], ack=P["ack"], opt=opt_c, mss=np.where(synack, FNAT_MSS - 8, MSS),
+            seq=P["seq"], ack=P["ack"], opt=opt_c, mss=np.where(synack, mss_c, MSS),
             toa=0, toa_port=0, toa_addr=0, xopt=np.where(c2s, P["xopt"], 0))
         rs_side = dict(
             sport=np.where(c2s, P["lport"], P["rport"]), dport=np.where(c2s, P["rport"], P["lport"]),
@@ -850,6 +1206,8 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
             opt=opt_r, mss=np.where(synack, FNAT_MSS, MSS), toa=np.where(c2s, P["toa"], 0),
             toa_port=P["toa_port"], toa_addr=P["toa_addr"],
             xopt=np.where(c2s & (P["xopt"] > 0), 2 if profile == "dpvs" else 1, 0))
+        if "csum_bad" in rs_hop:
+            rs_side["csum_bad"] = rs_hop["csum_bad"]
         m = ((svc | icmp) & (c2s | s2c)) | arp_seen(V_CLIENT)
         emit(V_CLIENT, m, np.where(arp, 0, np.where(c2s, -60 * US, 60 * US)),
              np.where(arp, asha, np.where(c2s, UPSTREAM, GW_UP)), np.where(arp, adst, np.where(c2s, GW_UP, UPSTREAM)),
@@ -868,7 +1226,45 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
             emit(v, m, np.where(arp, 0, np.where(c2s, hop, -hop)),
                  np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
                  np.where(c2s, lip, rip), np.where(c2s, rip, lip), np.where(c2s, ttl0 - 1, 64), **rs_side)
+    # columns some capture points set and others leave to the defaults (0: derive sport/dport, no corruption)
+    keys = set().union(*(o.keys() for o in out))
+    for o in out:
+        for k in keys - o.keys():
+            if k not in ("sport", "dport", "csum_bad"):
+                raise AssertionError(f"observe: column {k} missing on some capture points")
+            o[k] = np.zeros(len(o["lidx"]), dtype=EXTRA[k])
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+def attach_quotes(P: dict, O: dict, pool: Pool) -> dict:
+    """ICMP errors quote the frame they are about: fill their payload with the bytes of the quoted
+    packet as it left the director (p-dir-r), from its outer IPv4 header on (the real server's error)
+    or from its inner one (the director's relay), cut at ICMP_QUOTE bytes as Linux's icmp_send does."""
+    q = np.flatnonzero(P["quote_of"] >= 0)
+    if len(q) == 0:
+        return P
+    at = np.full(len(P["kind"]), -1, dtype=np.int64)
+    dr = np.flatnonzero(O["iface"] == V_DIRR)
+    at[O["lidx"][dr]] = dr
+    obs = at[P["quote_of"][q]]
+    if (obs < 0).any():
+        raise AssertionError("attach_quotes: a quoted packet was not seen on p-dir-r")
+    sub = {k: v[obs] for k, v in O.items()}
+    B = build_headers(P, sub, pool)
+    enc = sub["enc"].astype(np.int64) if "enc" in sub else np.zeros(len(obs), dtype=np.int64)
+    starts, lens = [], []
+    for i in range(len(q)):          # a few hundred bytes per ICMP error, only where the fault made them
+        skip = 14 + (int(ENC_LEN[enc[i]]) if P["quote_inner"][q[i]] else 0)
+        head = B.H[i, PRE + skip:PRE + int(B.hl[i])].tobytes()
+        a = int(B.pl_start[i])
+        data = (head + pool.data[a:a + int(B.pl_len[i])])[:ICMP_QUOTE]
+        off, n = pool.add(data)
+        starts.append(off)
+        lens.append(n)
+    pool.freeze()
+    P["pl_start"][q] = starts
+    P["pl_len"][q] = lens
+    return P
 
 
 def write_order(O: dict, rng: np.random.Generator) -> np.ndarray:
@@ -930,7 +1326,7 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
     proto = np.where(tcp, 6, np.where(udp, 17, 1)).astype(np.uint64)
     IPH = np.zeros((n, 20), dtype=np.uint8)
     iw = IPH.view(">u2")
-    iw[:, 0] = 0x4500
+    iw[:, 0] = 0x4500 | g("tos").astype(np.uint64)
     iw[:, 1] = caplen - 14 - elen
     iw[:, 2] = g("ip_id")
     df = g("df") == 1
@@ -944,8 +1340,11 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
     LW = 40 + (int(pre.max()) if n else 0)          # room for a TOA/client prefix in front of any layout
     TH = np.zeros((n, LW), dtype=np.uint8)
     tw = TH.view(">u2")
-    sport = (O["sport"] if "sport" in O else np.where(d == 0, g("cport"), g("vport"))).astype(np.uint64)
-    dport = (O["dport"] if "dport" in O else np.where(d == 0, g("vport"), g("cport"))).astype(np.uint64)
+    sport = np.where(d == 0, g("cport"), g("vport")).astype(np.uint64)     # 0 in O: these defaults
+    dport = np.where(d == 0, g("vport"), g("cport")).astype(np.uint64)
+    if "sport" in O:
+        sport = np.where(O["sport"] > 0, O["sport"], sport).astype(np.uint64)
+        dport = np.where(O["dport"] > 0, O["dport"], dport).astype(np.uint64)
     seq = O["seq"] if "seq" in O else g("seq")
     ack = O["ack"] if "ack" in O else g("ack")
     tv, te = g("tsval"), g("tsecr")
@@ -993,7 +1392,8 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
     if len(sm):
         w4 = np.zeros((len(sm), LW // 2), dtype=np.uint64)
         u = udp[sm]
-        w4[:, 0] = np.where(u, sport[sm], g("icmp_type")[sm].astype(np.uint64) << u64(8))
+        w4[:, 0] = np.where(u, sport[sm], (g("icmp_type")[sm].astype(np.uint64) << u64(8))
+                            | g("icmp_code")[sm].astype(np.uint64))
         w4[:, 1] = np.where(u, dport[sm], 0)
         w4[:, 2] = np.where(u, 8 + pl_len[sm], g("icmp_id")[sm])
         w4[:, 3] = np.where(u, 0, g("icmp_seq")[sm])
@@ -1005,6 +1405,11 @@ def build_headers(P: dict, O: dict, pool: Pool) -> Built:
     total = hsum + pool.word_sum(pl_start, pl_len) + np.where(icmp, u64(0), pseudo)
     c = _fold(total)
     c = np.where(udp & (c == 0), u64(0xFFFF), c)
+    if "csum_bad" in O:   # bad-checksum: one bit flipped, never landing on the offload (pseudo-header) value
+        part = (~_fold(pseudo)) & u64(0xFFFF)
+        bad = c ^ u64(0x0400)
+        bad = np.where(bad == part, c ^ u64(0x0800), bad)
+        c = np.where(tcp & (O["csum_bad"] > 0), bad, c)
     tcol = np.where(tcp, 8, 1)          # TCP checksum at word 8, ICMP at word 1, UDP at word 3
     tcol = np.where(udp, 3, tcol)
     nz = ~arp
@@ -1153,8 +1558,10 @@ def write_frames(f, B: Built, pool: Pool, fmt: str, rows: np.ndarray, chunk: int
     return written
 
 
-def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=()) -> None:
+def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=(), rate: int = RATE) -> None:
     """ValueError naming the first option that does not fit."""
+    if not 1 <= rate <= 1_000_000:
+        raise ValueError(f"--rate {rate}: new connections per second must be 1-1000000")
     if mode not in ("nat", "dr", "tun", "fullnat"):
         raise ValueError(f"unknown mode {mode!r} (nat, dr, tun or fullnat)")
     if tun not in TUN_ENC:
@@ -1170,20 +1577,23 @@ def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=()
 
 def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str = "pcapng",
                split: bool = False, quiet: bool = False, *, tun: str = "ipip", profile: str = "dpvs",
-               faults=(), small: bool = False) -> dict:
+               faults=(), small: bool = False, rate: int = RATE) -> dict:
     faults = tuple(dict.fromkeys(faults))
-    check_options(mode, tun, profile, faults)
+    check_options(mode, tun, profile, faults, rate)
     t_begin = time.perf_counter()
     n_conn = max(8, frames // 45)
     while True:
-        P, pool, K = gen_logical(seed, n_conn, mode, small)
-        P = apply_passes(P, K, mode, seed, profile, faults)
+        P, pool, K = gen_logical(seed, n_conn, mode, small, rate)
+        P = apply_passes(P, K, mode, seed, profile, faults, tun)
         rng = np.random.default_rng([seed, 2])
         O = observe(P, mode, rng, tun=tun, profile=profile, faults=faults)
         got = len(O["lidx"])
+        if LATE_FAULTS.intersection(faults):   # retransmissions seconds later: fill the frames with traffic
+            got = int(np.count_nonzero(O["ts"] <= K["duration"]))   # while connections still arrive
         if got >= frames:
             break
         n_conn = int(n_conn * frames / max(got, 1) * 1.03) + 8
+    P = attach_quotes(P, O, pool)
     order = write_order(O, rng)[:frames]
     O = {k: v[order] for k, v in O.items()}
     B = build_headers(P, O, pool)
@@ -1192,7 +1602,7 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     files = []
     what = f"mode={mode}" + (f" tun={tun}" if mode == "tun" else "") + \
         (f" profile={profile}" if mode == "fullnat" else "") + "".join(f" fault={x}" for x in faults) + \
-        (" small" if small else "")
+        (f" rate={rate}" if rate != RATE else "") + (" small" if small else "")
     comment = None if what == f"mode={mode}" and mode in ("nat", "dr") else \
         f"bench/make_trace.py {what} seed={seed} frames={frames}"
     if fmt == "pcapng":
@@ -1217,7 +1627,7 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     info = {
         "files": files, "frames": frames, "format": fmt, "mode": mode, "seed": seed, "bytes": size,
         "tun": tun if mode == "tun" else None, "profile": profile if mode == "fullnat" else None,
-        "faults": list(faults), "small": small,
+        "faults": list(faults), "small": small, "rate": rate,
         "avg_frame_bytes": round(float(B.caplen.mean()), 1),
         "per_interface": dict(zip(VANTAGES, np.bincount(B.iface, minlength=4).tolist())),
         "tcp_connections": int(len(np.unique(P["conn"][O["lidx"]][P["kind"][O["lidx"]] == K_TCP]))),
@@ -1249,6 +1659,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fault", action="append", default=[], metavar="NAME",
                     help=f"inject a fault (repeatable): {', '.join(FAULTS)}; see the module docstring")
     ap.add_argument("--small", action="store_true", help="small payloads (for committed fixtures)")
+    ap.add_argument("--rate", type=int, default=RATE,
+                    help=f"new TCP connections per second (default {RATE}; DNS and pings scale with it): a low "
+                         "rate makes a short trace span seconds, so that 1 s / 3 s retransmissions fit in it")
     ap.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng",
                     help="pcapng: one file, one interface per vantage point; pcap: classic nanosecond pcap "
                          "(all vantage points in one file unless --split)")
@@ -1264,11 +1677,11 @@ def main(argv=None) -> int:
     if a.profile != "dpvs" and a.mode != "fullnat":
         ap.error("--profile goes with --mode fullnat")
     try:
-        check_options(a.mode, a.tun, a.profile, a.fault)
+        check_options(a.mode, a.tun, a.profile, a.fault, a.rate)
     except ValueError as e:
         ap.error(str(e))
     make_trace(a.out, a.frames, a.seed, a.mode, a.format, a.split, tun=a.tun, profile=a.profile,
-               faults=a.fault, small=a.small)
+               faults=a.fault, small=a.small, rate=a.rate)
     return 0
 
 
