@@ -59,3 +59,25 @@ def test_inference_on_fixture(name):
 def test_every_forwarding_fixture_is_covered():
     lab = {str(p.parent.relative_to(FIX)) for p in FIX.glob("engine/lab-*-http/trace.*")}
     assert lab <= set(EXPECTED)
+
+
+SYNTH_HEALTHY = ["nat", "dr", "tun", "tun-gue", "tun-gre", "fullnat", "fullnat-alibaba"]
+
+
+@pytest.mark.parametrize("name", SYNTH_HEALTHY)
+def test_inference_matches_the_modelled_set_up(name):
+    """Every mode: the inferred topology is the one the generator modelled (its topology.toml)."""
+    from lvs_inspect.topology import load_topology
+    folder = FIX / "synth" / name
+    truth = load_topology(str(folder / "topology.toml"))
+    topo = infer_topology(read_table([str(_trace(folder))]))
+    assert topo.profile.name == truth.profile.name
+    assert [(s.vip, s.port, s.mode) for s in topo.services] == [(s.vip, s.port, s.mode) for s in truth.services]
+    key = lambda rs: (str(rs.ip), rs.port, rs.mode.value, rs.tun, rs.tun_port)  # noqa: E731
+    assert sorted(map(key, topo.services[0].real_servers)) == sorted(map(key, truth.services[0].real_servers))
+    assert set(topo.director.macs) == set(truth.director.macs)
+    assert set(topo.director.lips) == set(truth.director.lips) | set(truth.services[0].lips)
+    if truth.services[0].toa:
+        assert (topo.services[0].toa.kind, topo.services[0].toa.length) == (truth.services[0].toa.kind,
+                                                                            truth.services[0].toa.length)
+    assert dict(topo.vantages) == dict(truth.vantages)
