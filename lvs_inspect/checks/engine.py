@@ -18,11 +18,12 @@ import pandas as pd
 
 from ..capture import read_table
 from ..capture.schema import COLUMNS, Csum, Tun
-from ..capture.table import ADDRESS_COLUMNS, MAC_COLUMNS, PacketTable
+from ..capture.table import ADDRESS_COLUMNS, MAC_COLUMNS, PacketTable, release_freed_memory
 from ..errors import InputError
 from ..flows import LEGS, MODES, stitch
+from ..flows.keys import group_ids, member
 from ..flows.legs import C_D, D_C, D_R, R_D, ROLES
-from ..flows.pairs import PAIR_COLUMNS, pairs
+from ..flows.pairs import PAIR_COLUMNS, pair_rows
 from ..flows.stitch import Flows
 from ..resources import rules_dir
 from ..topology import Topology, load_topology
@@ -174,8 +175,9 @@ class _Ctx:
     def per_row(self, rs: np.ndarray, svc: np.ndarray, mode: np.ndarray) -> dict:
         """Names that follow from each row's real server, service and mode."""
         ep, p = self.flows.endpoints, self.topo.profile
-        rs = np.asarray(rs, dtype=np.int64)
-        svc = np.asarray(svc, dtype=np.int64)
+        # rs and svc only index small lookup arrays: any integer dtype gives the same values, so
+        # a packet scope's int16 columns are used as they are (no 8-byte copy of each)
+        rs, svc = (a if a.dtype.kind in "iu" else a.astype(np.int64) for a in (np.asarray(rs), np.asarray(svc)))
         mode = np.asarray(mode, dtype=np.int64)
         rs_objs = [r for _, r in ep.real_servers]
         ext = lambda arr, fill: np.concatenate([np.asarray(arr), [fill]])  # noqa: E731  index -1 -> fill
@@ -211,20 +213,30 @@ class _Ctx:
 
 def _handshake_ack(f: Flows) -> np.ndarray:
     """The client packet that completes the handshake, on each leg (the TOA carrier)."""
+    cached = f.cache.get("handshake_ack")
+    if cached is not None:
+        return cached
     t = f.table
     flags = t["tcp_flags"]
-    m = (f.conn >= 0) & ((flags & 0x17) == 0x10) & np.isin(f.leg, (C_D, D_R)) & (t["ip_proto"] == 6)
+    m = (f.conn >= 0) & ((flags & 0x17) == 0x10) & member(f.leg, (C_D, D_R)) & (t["ip_proto"] == 6)
     rows = np.flatnonzero(m)
+    del m
     out = np.zeros(len(t), dtype=bool)
     if len(rows):
-        df = pd.DataFrame({"r": rows, "c": f.conn[rows], "l": f.leg[rows], "ts": t["ts_ns"][rows]})
-        first = df.sort_values("ts", kind="stable").drop_duplicates(["c", "l"])
-        # the ack that answers the SYN-ACK: same ack value on every capture of it
-        ack = pd.Series(t["tcp_ack"][first["r"].to_numpy()], index=first.index)
-        keep = df.merge(first.assign(a=ack)[["c", "l", "a"]], on=["c", "l"])
-        same = t["tcp_ack"][keep["r"].to_numpy()] == keep["a"].to_numpy()
-        no_data = t["payload_len"][keep["r"].to_numpy()] == 0
-        out[keep["r"].to_numpy()[same & no_data]] = True
+        # per connection and leg, the first such packet in time (then in table order) ...
+        grp, _ = group_ids([f.conn[rows].astype(np.int64) * 8 + f.leg[rows]])
+        ts = t["ts_ns"][rows]
+        first_ts = np.full(int(grp.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first_ts, grp, ts)
+        at = np.flatnonzero(ts == first_ts[grp])
+        first = np.full(len(first_ts), len(rows), dtype=np.int64)
+        np.minimum.at(first, grp[at], at)
+        # ... is the ack that answers the SYN-ACK: same ack value on every capture of it
+        ack = t["tcp_ack"][rows]
+        same = ack == ack[first][grp]
+        no_data = t["payload_len"][rows] == 0
+        out[rows[same & no_data]] = True
+    f.cache["handshake_ack"] = out
     return out
 
 
@@ -232,24 +244,34 @@ def _before_server_data(f: Flows) -> np.ndarray:
     """Client packets sent before the server's first data byte (they carry TOA in FullNAT)."""
     t = f.table
     out = np.zeros(len(t), dtype=bool)
-    rows = np.flatnonzero((f.conn >= 0) & np.isin(f.leg, (C_D, D_R)))
+    rows = np.flatnonzero((f.conn >= 0) & member(f.leg, (C_D, D_R)))
     if len(rows) == 0:
         return out
-    s_rows = np.flatnonzero((f.conn >= 0) & np.isin(f.leg, (R_D, D_C, 5)) & (t["payload_len"] > 0))
-    first_data = pd.Series(t["ts_ns"][s_rows]).groupby(f.conn[s_rows]).min()
-    fd = first_data.reindex(f.conn[rows]).to_numpy()
-    out[rows] = np.isnan(fd) | (t["ts_ns"][rows] < np.nan_to_num(fd, nan=0))
+    s_rows = np.flatnonzero((f.conn >= 0) & member(f.leg, (R_D, D_C, 5)) & (t["payload_len"] > 0))
+    ts = t["ts_ns"]
+    first_data = np.full(len(f.connections) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_data, f.conn[s_rows], ts[s_rows])
+    seen = np.zeros(len(first_data), dtype=bool)
+    seen[f.conn[s_rows]] = True
+    c = f.conn[rows]
+    missing = ~seen[c]
+    if missing.any():
+        # pandas compared against a float column (NaN where the server sent nothing)
+        out[rows] = missing | (ts[rows].astype(np.float64) < np.where(missing, 0, first_data[c]).astype(np.float64))
+    else:
+        out[rows] = ts[rows] < first_data[c]
     return out
 
 
 def _packet_env(ctx: _Ctx) -> tuple[Env, np.ndarray]:
     t, f = ctx.table, ctx.flows
+    row_mode = _row_mode(f)
     makers = {c.name: (lambda name=c.name: t[name]) for c in COLUMNS}
-    makers.update(ctx.per_row(f.rs, f.svc, _row_mode(f)))
+    makers.update(ctx.per_row(f.rs, f.svc, row_mode))
     makers.update({"leg": lambda: f.leg, "role": lambda: f.role, "conn": lambda: f.conn, "cip": lambda: f.cip,
                    "cport": lambda: f.cport, "vip": lambda: f.vip, "vport": lambda: f.vport,
                    "handshake_ack": lambda: _handshake_ack(f), "before_server_data": lambda: _before_server_data(f)})
-    return ctx.env(makers, len(t)), _row_mode(f)
+    return ctx.env(makers, len(t)), row_mode
 
 
 def _row_mode(f: Flows) -> np.ndarray:
@@ -259,25 +281,35 @@ def _row_mode(f: Flows) -> np.ndarray:
     return np.where(f.mode > 0, f.mode, conn_mode[f.conn]).astype(np.int64)
 
 
+def _in_column(col: np.ndarray) -> np.ndarray:
+    return col.astype(np.int64) if col.dtype.kind == "f" else col
+
+
+def _out_column(name: str, col: np.ndarray) -> np.ndarray:
+    if col.dtype.kind != "f":
+        return col
+    return np.nan_to_num(col, nan=0).astype(np.uint64 if (name in ADDRESS_COLUMNS or name in MAC_COLUMNS)
+                                            else np.int64)
+
+
 def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
-    f = ctx.flows
-    p = pairs(f, leg_in, leg_out)
-    if p.empty:
-        return None, p
-    matched = p["matched"].to_numpy()
+    """The pair scope's environment and the Pairing (None when the first leg has no packet).
+    Columns are read from the table for the pairs only when a rule asks for them."""
+    f, t = ctx.flows, ctx.table
+    p = pair_rows(f, leg_in, leg_out)
+    if p is None:
+        return None, None
+    matched = p.matched
     makers = {}
     for col in PAIR_COLUMNS:
-        makers[f"in.{col}"] = (lambda c=col: p[f"in_{c}"].to_numpy().astype(np.int64)
-                               if p[f"in_{c}"].dtype.kind == "f" else p[f"in_{c}"].to_numpy())
-        makers[f"out.{col}"] = (lambda c=col: np.nan_to_num(p[f"out_{c}"].to_numpy(dtype=np.float64), nan=0)
-                                .astype(np.uint64 if (c in ADDRESS_COLUMNS or c in MAC_COLUMNS) else np.int64)
-                                if p[f"out_{c}"].dtype.kind == "f" else p[f"out_{c}"].to_numpy())
-    hs = _handshake_ack(f)
-    makers.update(ctx.per_row(p["rs"].to_numpy(), p["svc"].to_numpy(), p["mode"].to_numpy()))
+        makers[f"in.{col}"] = (lambda c=col: _in_column(p.column(t, f"in_{c}")))
+        makers[f"out.{col}"] = (lambda c=col: _out_column(c, p.column(t, f"out_{c}")))
     conns = f.connections
-    cidx = p["conn"].to_numpy()
+    cidx = p.conn
+    makers.update(ctx.per_row(conns["rs"].to_numpy()[cidx], conns["svc"].to_numpy()[cidx],
+                              conns["mode"].to_numpy()[cidx]))
     makers.update({"matched": lambda: matched,
-                   "handshake_ack": lambda: hs[p["in_row"].to_numpy().astype(np.int64)],
+                   "handshake_ack": lambda: _handshake_ack(f)[p.in_row],
                    "cip": lambda: conns["cip"].to_numpy()[cidx], "cport": lambda: conns["cport"].to_numpy()[cidx],
                    "vip": lambda: conns["vip"].to_numpy()[cidx], "vport": lambda: conns["vport"].to_numpy()[cidx]})
     return ctx.env(makers, len(p), present={"out": matched}), p
@@ -366,17 +398,18 @@ def _frame_refs(t: PacketTable, rows: Sequence[int]) -> list[FrameRef]:
     if not len(rows):
         return []
     rows = np.asarray(rows, dtype=np.int64)
-    inputs = t["input"][rows]
+    inputs = t.vantage_inputs()[t["iface"][rows]]
     frames = t["frame"][rows]
     return [FrameRef(int(i), int(fr)) for i, fr in zip(inputs, frames)]
 
 
-def _group(rule: Rule, env: Env, hits: np.ndarray, keys: pd.DataFrame, frames_of, conn_label, service_label,
-           rs_label) -> list[Finding]:
-    """One finding per (service, real server, MAC): the first occurrence speaks for the rest."""
+def _group(rule: Rule, env: Env, hits: np.ndarray, keys_at: Callable[[np.ndarray], pd.DataFrame], frames_of,
+           conn_label, service_label, rs_label) -> list[Finding]:
+    """One finding per (service, real server, MAC): the first occurrence speaks for the rest.
+    ``keys_at(hits)`` gives the service, real server and connection of those rows."""
     if len(hits) == 0:
         return []
-    k = keys.iloc[hits].reset_index(drop=True)
+    k = keys_at(hits)
     k["hit"] = hits
     mac = rule.mac.evaluate_masked(env)[0][hits] if rule.mac is not None else np.zeros(len(hits), np.uint64)
     k["mac"] = mac
@@ -416,8 +449,12 @@ def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: 
         except ValueError as e:
             raise InputError(", ".join(traces), f"{e}; give a topology with -t") from None
         topo_origin = "inferred"
+    # each stage frees its temporaries before the next one starts: hand their pages back, so
+    # that the peak is the live data of one stage, not the sum of what every stage left behind
+    release_freed_memory()
     say("stitching")
     flows = stitch(table, topology)
+    release_freed_memory()
     all_kinds = tuple(sorted(set(toa_kinds) | {s.toa.kind for s in topology.services if s.toa}))
     ctx = _Ctx(table, topology, flows, all_kinds)
     ns = namespaces(table.addr_key)
@@ -459,40 +496,51 @@ def evaluate(ctx: _Ctx, rules: Sequence[Rule]) -> list[Finding]:
             return cache[key]
         if rule.scope == "packet":
             env, mode = _packet_env(ctx)
-            keys = pd.DataFrame({"svc": f.svc, "rs": f.rs, "conn": f.conn.astype(np.int64)})
-            keys["rs"] = np.where(keys["rs"] < 0, _conn_col(conns, "rs", f.conn), keys["rs"])
-            keys["svc"] = np.where(keys["svc"] < 0, _conn_col(conns, "svc", f.conn), keys["svc"])
-            res = (env, mode, keys, lambda h: _frame_refs(t, [h]))
+
+            def keys_at(h):
+                c = f.conn[h].astype(np.int64)
+                rs, svc = f.rs[h], f.svc[h]
+                return pd.DataFrame({"svc": np.where(svc < 0, _conn_col(conns, "svc", c), svc),
+                                     "rs": np.where(rs < 0, _conn_col(conns, "rs", c), rs), "conn": c})
+            res = (env, mode, keys_at, lambda h: _frame_refs(t, [h]))
         elif rule.scope == "pair":
             env, p = _pair_env(ctx, *rule.legs)
             if env is None:
                 res = None
             else:
-                keys = pd.DataFrame({"svc": p["svc"].to_numpy(), "rs": p["rs"].to_numpy(),
-                                     "conn": p["conn"].to_numpy()})
-                inr = p["in_row"].to_numpy().astype(np.int64)
-                outr = np.nan_to_num(p["out_row"].to_numpy(dtype=np.float64), nan=-1).astype(np.int64)
-                res = (env, p["mode"].to_numpy().astype(np.int64), keys,
-                       lambda h: _frame_refs(t, [inr[h]] + ([outr[h]] if outr[h] >= 0 else [])))
+                conn_rs, conn_svc = conns["rs"].to_numpy(), conns["svc"].to_numpy()
+
+                def keys_at(h, p=p):
+                    c = p.conn[h]
+                    return pd.DataFrame({"svc": conn_svc[c], "rs": conn_rs[c], "conn": c})
+                inr, outr = p.in_row, p.out_row
+                res = (env, conns["mode"].to_numpy().astype(np.int64)[p.conn], keys_at,
+                       lambda h, inr=inr, outr=outr: _frame_refs(t, [inr[h]] + ([outr[h]] if outr[h] >= 0 else [])))
         elif rule.scope == "connection":
             env = _conn_env(ctx)
-            keys = pd.DataFrame({"svc": conns["svc"].to_numpy(), "rs": conns["rs"].to_numpy(),
-                                 "conn": np.arange(len(conns))})
-            first = _first_rows(f)
-            res = (env, conns["mode"].to_numpy().astype(np.int64), keys,
+
+            def keys_at(h):
+                return pd.DataFrame({"svc": conns["svc"].to_numpy()[h], "rs": conns["rs"].to_numpy()[h],
+                                     "conn": np.arange(len(conns))[h]})
+            first = f.first_row if f.first_row is not None else _first_rows(f)
+            res = (env, conns["mode"].to_numpy().astype(np.int64), keys_at,
                    lambda h: _frame_refs(t, [first[h]]) if first[h] >= 0 else [])
         elif rule.scope == "arp":
             env, rows = _arp_env(ctx)
-            keys = pd.DataFrame({"svc": np.full(len(rows), -1), "rs": _rs_index_by_mac(ep, t, rows),
-                                 "conn": np.full(len(rows), -1)})
-            res = (env, None, keys, lambda h: _frame_refs(t, [rows[h]]))
+            rs_by_mac = _rs_index_by_mac(ep, t, rows)
+
+            def keys_at(h):
+                return pd.DataFrame({"svc": np.full(len(rows), -1)[h], "rs": rs_by_mac[h],
+                                     "conn": np.full(len(rows), -1)[h]})
+            res = (env, None, keys_at, lambda h: _frame_refs(t, [rows[h]]))
         else:
             env, df = _service_env(ctx)
             keys = pd.DataFrame({"svc": df["svc"].to_numpy() if len(df) else [],
                                  "rs": df["rs"].to_numpy() if len(df) else [], "conn": np.full(len(df), -1)})
-            res = (env, np.asarray(ep.rs_mode[df["rs"].to_numpy()] if len(df) else [], dtype=np.int64), keys,
-                   lambda h: [])
+            res = (env, np.asarray(ep.rs_mode[df["rs"].to_numpy()] if len(df) else [], dtype=np.int64),
+                   lambda h, keys=keys: keys.iloc[h].reset_index(drop=True), lambda h: [])
         cache[key] = res
+        release_freed_memory()     # what building the scope needed and dropped
         return res
 
     findings: list[Finding] = []
@@ -502,19 +550,19 @@ def evaluate(ctx: _Ctx, rules: Sequence[Rule]) -> list[Finding]:
         got = scope_env(rule)
         if got is None:
             continue
-        env, mode, keys, frames_of = got
+        env, mode, keys_at, frames_of = got
         if env.n == 0:
             continue
         fires = rule.violations(env)
         if mode is not None:
-            ok = np.isin(mode, [MODES.index(m) for m in rule.modes])
+            ok = member(mode, [MODES.index(m) for m in rule.modes])
             if rule.scope == "packet" and not rule.legs:
                 ok |= mode == 0      # traffic outside any connection (ICMP errors, checksums)
             fires &= ok
         if rule.scope == "packet" and rule.legs:
-            fires &= np.isin(f.leg, [LEGS.index(leg) for leg in rule.legs])
+            fires &= member(f.leg, [LEGS.index(leg) for leg in rule.legs])
         hits = np.flatnonzero(fires)
-        findings.extend(_group(rule, env, hits, keys, frames_of, conn_label, service_label, rs_label))
+        findings.extend(_group(rule, env, hits, keys_at, frames_of, conn_label, service_label, rs_label))
     findings.sort(key=lambda x: (-int(x.severity), x.code, x.real_server or "", x.connection or ""))
     return findings
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..capture.table import PacketTable
 from ..topology.model import Mode, Topology
+from .keys import member
 
 LEGS = ("other", "client-director", "director-rs", "rs-director", "director-client", "rs-client", "client-rs")
 LEG_CODES = {name: i for i, name in enumerate(LEGS)}
@@ -73,20 +74,28 @@ def resolve(table: PacketTable, topo: Topology) -> Endpoints:
     )
 
 
-def _match(addr, port, proto, keys, ports, protos, *, any_port_first=False) -> np.ndarray:
+def _match(addr, port, proto, keys, ports, protos) -> np.ndarray:
     """Index of the first (exact port before port 0) endpoint matching each row, -1 if none."""
     out = np.full(len(addr), -1, dtype=np.int16)
     order = sorted(range(len(keys)), key=lambda i: ports[i] == 0)
     for i in order:
         if keys[i] == 0:
             continue
-        m = (addr == keys[i]) & (out < 0)
+        idx = np.flatnonzero(addr == keys[i])
         if ports[i]:
-            m &= port == ports[i]
+            idx = idx[port[idx] == ports[i]]
         if protos[i]:
-            m &= proto == protos[i]
-        out[m] = i
+            idx = idx[proto[idx] == protos[i]]
+        out[idx[out[idx] < 0]] = i
     return out
+
+
+def _values(v, idx):
+    """A put() value at rows idx: a scalar, a full column, or (lookup, index column)."""
+    if isinstance(v, tuple):
+        lookup, index = v
+        return lookup[index[idx]]
+    return v if np.isscalar(v) else v[idx]
 
 
 def classify_legs(table: PacketTable, topo: Topology):
@@ -94,11 +103,13 @@ def classify_legs(table: PacketTable, topo: Topology):
     ep = resolve(table, topo)
     n = len(table)
     ip_src, ip_dst = table["ip_src"], table["ip_dst"]
-    sport, dport = table["sport"].astype(np.int64), table["dport"].astype(np.int64)
-    proto = table["ip_proto"].astype(np.int64)
+    sport, dport = table["sport"], table["dport"]
+    proto = table["ip_proto"]
     eth_src, eth_dst = table["eth_src"], table["eth_dst"]
     status = table["status"]
-    l4ok = (status < 10) & np.isin(proto, (6, 17)) & ((table["ip_frag"] & 0x1FFF) == 0)
+    l4ok = (status < 10) & member(proto, (6, 17)) & ((table["ip_frag"] & 0x1FFF) == 0)
+    not_l4 = np.flatnonzero(~l4ok)
+    del l4ok
 
     roles = np.array([ROLE_CODES.get(topo.vantage_role(v.name).kind, 0) for v in table.vantages] or [0],
                      dtype=np.uint8)
@@ -111,10 +122,10 @@ def classify_legs(table: PacketTable, topo: Topology):
     rs_proto = ep.svc_proto[[si for si, _ in ep.real_servers]] if ep.real_servers else np.zeros(0, np.int64)
     rs_to = _match(ip_dst, dport, proto, ep.rs_ip, ep.rs_port, rs_proto)
     rs_from = _match(ip_src, sport, proto, ep.rs_ip, ep.rs_port, rs_proto)
-    svc_to[~l4ok] = -1
-    svc_from[~l4ok] = -1
-    rs_to[~l4ok] = -1
-    rs_from[~l4ok] = -1
+    svc_to[not_l4] = -1
+    svc_from[not_l4] = -1
+    rs_to[not_l4] = -1
+    rs_from[not_l4] = -1
 
     # ---- what the trace teaches: real-server MACs and, when not given, the director's
     rs_mac = ep.rs_mac.copy()
@@ -133,32 +144,30 @@ def classify_legs(table: PacketTable, topo: Topology):
     ep.rs_mac = rs_mac
     known_rs_macs = rs_mac[rs_mac != 0]
 
-    rs_is = {code: np.isin(np.arange(len(ep.rs_mode)), np.flatnonzero(ep.rs_mode == code))
-             for code in range(len(MODES))}
     mode_of_rs = np.concatenate([ep.rs_mode, [0]]) if len(ep.rs_mode) else np.zeros(1, np.uint8)
 
     to_vip = svc_to >= 0
     from_vip = svc_from >= 0
     lip_set = ep.lips
-    src_lip = np.isin(ip_src, lip_set) if len(lip_set) else np.zeros(n, bool)
-    dst_lip = np.isin(ip_dst, lip_set) if len(lip_set) else np.zeros(n, bool)
+    src_lip = member(ip_src, lip_set)
+    dst_lip = member(ip_dst, lip_set)
     to_rs_mode = mode_of_rs[rs_to]      # rs_to == -1 picks the trailing 0
     from_rs_mode = mode_of_rs[rs_from]
 
     # FullNAT local addresses: learn them when the topology has none
     if len(lip_set) == 0 and (ep.rs_mode == MODE_CODES["fullnat"]).any():
         syn = (table["tcp_flags"] & 0x12) == 0x02
-        m = (to_rs_mode == MODE_CODES["fullnat"]) & syn & ~to_vip & ~np.isin(ip_src, ep.svc_vip)
+        m = (to_rs_mode == MODE_CODES["fullnat"]) & syn & ~to_vip & ~member(ip_src, ep.svc_vip)
         learned = np.unique(ip_src[m])
         if len(learned):
             ep.lips = learned
             ep.learned["lips"] = [table.addr_str(k) for k in learned]
-            src_lip = np.isin(ip_src, learned)
-            dst_lip = np.isin(ip_dst, learned)
+            src_lip = member(ip_src, learned)
+            dst_lip = member(ip_dst, learned)
 
     dmacs = ep.director_macs
     if len(dmacs) == 0:
-        nat_dr = (rs_to >= 0) & np.isin(to_rs_mode, (MODE_CODES["nat"], MODE_CODES["fullnat"])) & ~from_vip
+        nat_dr = (rs_to >= 0) & member(to_rs_mode, (MODE_CODES["nat"], MODE_CODES["fullnat"])) & ~from_vip
         vip_src = set(np.unique(eth_src[to_vip]).tolist())
         vip_dst = set(np.unique(eth_dst[to_vip]).tolist())
         both = (vip_src & vip_dst) - set(known_rs_macs.tolist())
@@ -169,10 +178,10 @@ def classify_legs(table: PacketTable, topo: Topology):
         if len(dmacs):
             ep.learned["director_macs"] = [int(m) for m in dmacs]
     l2 = eth_dst != 0
-    from_d = np.isin(eth_src, dmacs)
-    to_d = np.isin(eth_dst, dmacs)
-    to_rsmac = np.isin(eth_dst, known_rs_macs) if len(known_rs_macs) else np.zeros(n, bool)
-    from_rsmac = np.isin(eth_src, known_rs_macs) if len(known_rs_macs) else np.zeros(n, bool)
+    from_d = member(eth_src, dmacs)
+    to_d = member(eth_dst, dmacs)
+    to_rsmac = member(eth_dst, known_rs_macs)
+    from_rsmac = member(eth_src, known_rs_macs)
     outgoing = table["pkttype"] == PKTTYPE_OUTGOING
 
     leg = np.zeros(n, dtype=np.uint8)
@@ -181,65 +190,84 @@ def classify_legs(table: PacketTable, topo: Topology):
     rs = np.full(n, -1, dtype=np.int16)
 
     def put(mask, leg_code, mode_code, svc_code, rs_code):
-        mask = mask & (leg == OTHER)
-        leg[mask] = leg_code
-        mode[mask] = mode_code if np.isscalar(mode_code) else mode_code[mask]
-        svc[mask] = svc_code if np.isscalar(svc_code) else svc_code[mask]
-        rs[mask] = rs_code if np.isscalar(rs_code) else rs_code[mask]
+        """Rows of mask still on no leg go to leg_code; each value is a scalar, a column, or
+        (lookup, index column) read only at those rows."""
+        idx = np.flatnonzero(mask & (leg == OTHER))
+        if len(idx) == 0:
+            return
+        leg[idx] = leg_code
+        mode[idx] = _values(mode_code, idx)
+        svc[idx] = _values(svc_code, idx)
+        rs[idx] = _values(rs_code, idx)
 
     rs_svc = np.array([si for si, _ in ep.real_servers] + [-1], dtype=np.int16)
 
     # TUN: the outer header goes to a real server, the inner one to the VIP
-    tun = table["tun"] > 0
-    if tun.any():
-        out_dst = table["out_dst"]
-        rs_out = _match(out_dst, np.zeros(n, np.int64), np.zeros(n, np.int64), ep.rs_ip,
-                        np.zeros(len(ep.rs_ip), np.int64), np.zeros(len(ep.rs_ip), np.int64))
+    # (the tunnel group's own rows, as table["tun"] and table["out_dst"] would place them)
+    tun_group = table.group("tun")
+    if (tun_group["tun"] > 0).any():
+        tun = np.zeros(n, dtype=bool)
+        tun[tun_group["rows"]] = tun_group["tun"] > 0
+        zeros = np.zeros(len(ep.rs_ip), np.int64)
+        rs_out = np.full(n, -1, dtype=np.int16)
+        rs_out[tun_group["rows"]] = _match(tun_group["out_dst"], None, None, ep.rs_ip, zeros, zeros)
         put(tun & to_vip & (rs_out >= 0), D_R, MODE_CODES["tun"], svc_to, rs_out)
+        del tun, rs_out
 
     fn = MODE_CODES["fullnat"]
-    put(src_lip & (rs_to >= 0), D_R, fn, rs_svc[rs_to], rs_to)
-    put(dst_lip & (rs_from >= 0), R_D, fn, rs_svc[rs_from], rs_from)
+    put(src_lip & (rs_to >= 0), D_R, fn, (rs_svc, rs_to), rs_to)
+    put(dst_lip & (rs_from >= 0), R_D, fn, (rs_svc, rs_from), rs_from)
 
     nat = MODE_CODES["nat"]
-    put((rs_to >= 0) & (to_rs_mode == nat) & ~to_vip, D_R, nat, rs_svc[rs_to], rs_to)
+    put((rs_to >= 0) & (to_rs_mode == nat) & ~to_vip, D_R, nat, (rs_svc, rs_to), rs_to)
 
     # the director sends a client's packet to a real server's address with another port than
     # configured, or rewrites it for a DR/TUN server, or sends FullNAT from another address
     # than a LIP: misconfigurations the checks must see, so the hop keeps the server's mode
-    any_port = np.zeros(n, np.int64)
-    rs_to_ip = _match(ip_dst, any_port, proto, ep.rs_ip, np.zeros(len(ep.rs_ip), np.int64), rs_proto)
-    rs_to_ip[~l4ok] = -1
-    own = np.isin(ip_src, np.array([_key(table, a) for a in topo.director.ips], dtype=np.uint64))
-    odd_hop = (rs_to_ip >= 0) & ~to_vip & l2 & from_d & ~own & ~np.isin(ip_src, ep.svc_vip) & ~np.isin(ip_src, ep.rs_ip)
-    put(odd_hop, D_R, mode_of_rs[rs_to_ip], rs_svc[rs_to_ip], rs_to_ip)
+    no_port = np.zeros(len(ep.rs_ip), np.int64)
+    rs_to_ip = _match(ip_dst, None, proto, ep.rs_ip, no_port, rs_proto)
+    rs_to_ip[not_l4] = -1
+    own = member(ip_src, np.array([_key(table, a) for a in topo.director.ips], dtype=np.uint64))
+    odd_hop = (rs_to_ip >= 0) & ~to_vip & l2 & from_d & ~own & ~member(ip_src, ep.svc_vip) & ~member(ip_src,
+                                                                                                    ep.rs_ip)
+    del own
+    put(odd_hop, D_R, (mode_of_rs, rs_to_ip), (rs_svc, rs_to_ip), rs_to_ip)
+    del odd_hop
     # ... and the real server's replies from the port the director used
-    used = {(int(r), int(p)) for r, p in zip(rs_to_ip[leg == D_R], dport[leg == D_R]) if r >= 0}
-    rs_from_ip = _match(ip_src, any_port, proto, ep.rs_ip, np.zeros(len(ep.rs_ip), np.int64), rs_proto)
-    rs_from_ip[~l4ok] = -1
-    if used:
-        pairs_used = np.array(sorted(used), dtype=np.int64)
-        code = rs_from_ip.astype(np.int64) * 65536 + sport
-        ok_port = np.isin(code, pairs_used[:, 0] * 65536 + pairs_used[:, 1])
-        rs_from = np.where((rs_from < 0) & ok_port & ~from_vip, rs_from_ip, rs_from).astype(np.int16)
+    on_dr = np.flatnonzero(leg == D_R)
+    r_dr = rs_to_ip[on_dr]
+    known = r_dr >= 0
+    used = np.unique(r_dr[known].astype(np.int64) * 65536 + dport[on_dr][known])
+    del on_dr, r_dr, known
+    rs_from_ip = _match(ip_src, None, proto, ep.rs_ip, no_port, rs_proto)
+    rs_from_ip[not_l4] = -1
+    if len(used):
+        cand = np.flatnonzero((rs_from < 0) & (rs_from_ip >= 0) & ~from_vip)
+        code = rs_from_ip[cand].astype(np.int64) * 65536 + sport[cand]
+        hit = cand[member(code, used)]
+        rs_from = rs_from.copy()
+        rs_from[hit] = rs_from_ip[hit]
         from_rs_mode = mode_of_rs[rs_from]
     # a reply from a real server's address (NAT, or a DR/TUN server the director rewrites for)
-    nat_reply = (rs_from >= 0) & ~from_vip & ~dst_lip & ((from_rs_mode == nat) | (rs_from_ip >= 0) & ~np.isin(
+    nat_reply = (rs_from >= 0) & ~from_vip & ~dst_lip & ((from_rs_mode == nat) | (rs_from_ip >= 0) & ~member(
         from_rs_mode, (MODE_CODES["fullnat"],)))
-    nat_reply &= (from_rs_mode == nat) | np.isin(rs_from, np.unique(rs_to_ip[(leg == D_R) & (rs_to_ip >= 0)]))
+    nat_reply &= (from_rs_mode == nat) | member(rs_from, np.unique(rs_to_ip[(leg == D_R) & (rs_to_ip >= 0)]))
+    del rs_from_ip, rs_to_ip
     via_d = to_d | ~l2 | (len(dmacs) == 0)
+    by_rs = ((mode_of_rs, rs_from), (rs_svc, rs_from), rs_from)
     # the director forwarded the reply without rewriting it (no connection entry)
-    put(nat_reply & l2 & from_d & ~to_d, D_C, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)
-    put(nat_reply & via_d & (role != ROLE_CODES["client"]), R_D, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)
-    put(nat_reply, R_C, mode_of_rs[rs_from], rs_svc[rs_from], rs_from)   # the reply bypasses the director
+    put(nat_reply & l2 & from_d & ~to_d, D_C, *by_rs)
+    put(nat_reply & via_d & (role != ROLE_CODES["client"]), R_D, *by_rs)
+    put(nat_reply, R_C, *by_rs)   # the reply bypasses the director
+    del nat_reply, via_d
 
     # traffic to the VIP: from the client, from the director to a real server (DR), or a bypass
     rs_by_mac = _index_by_mac(eth_dst, ep.rs_mac)
-    rs_mode_by_mac = mode_of_rs[rs_by_mac]
     at_rs = role == ROLE_CODES["rs"]
     dr_hop = to_vip & l2 & to_rsmac & (from_d | (len(dmacs) == 0))
-    put(dr_hop, D_R, rs_mode_by_mac, svc_to, rs_by_mac)
+    put(dr_hop, D_R, (mode_of_rs, rs_by_mac), svc_to, rs_by_mac)
     put(to_vip & l2 & to_rsmac & ~from_d, C_R, 0, svc_to, rs_by_mac)
+    del dr_hop, rs_by_mac
     no_l2 = to_vip & ~l2 & (at_rs | ((role == ROLE_CODES["director"]) & outgoing))
     put(no_l2, D_R, np.where(at_rs, mode_of_rs[rs_at], 0).astype(np.uint8), svc_to, rs_at)
     put(to_vip, C_D, 0, svc_to, -1)
@@ -247,8 +275,8 @@ def classify_legs(table: PacketTable, topo: Topology):
     # traffic from the VIP: the director's NAT reply, or the real server's direct reply
     rs_by_src_mac = _index_by_mac(eth_src, ep.rs_mac)
     direct = from_vip & ((l2 & from_rsmac) | (~l2 & at_rs))
-    put(direct & l2, R_C, mode_of_rs[rs_by_src_mac], svc_from, rs_by_src_mac)
-    put(direct, R_C, mode_of_rs[rs_at], svc_from, rs_at)
+    put(direct & l2, R_C, (mode_of_rs, rs_by_src_mac), svc_from, rs_by_src_mac)
+    put(direct, R_C, (mode_of_rs, rs_at), svc_from, rs_at)
     svc_modes = _service_modes(ep)
     nat_like = np.isin(svc_modes, (1, 3))       # bit set: has NAT or FullNAT servers
     put(from_vip & (from_d | ~l2) & nat_like[svc_from], D_C, 0, svc_from, -1)

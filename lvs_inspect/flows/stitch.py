@@ -1,13 +1,14 @@
 """Stitch packets into connections keyed by the client-side tuple (CIP, cport, VIP, vport, proto)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..capture.table import PacketTable
+from ..capture.table import PacketTable, release_freed_memory
 from ..topology.model import Topology
+from .keys import group_ids, member
 from .legs import (C_D, C_R, CLIENT_TO_SERVER, D_C, D_R, LEGS, MODE_CODES, MODES, OTHER, R_C, R_D,
                    Endpoints, classify_legs)
 
@@ -34,6 +35,9 @@ class Flows:
     conn: np.ndarray         # connection id per row, -1
     obs: np.ndarray          # observation id: the same packet at several vantage points, -1
     connections: pd.DataFrame
+    first_row: np.ndarray | None = None   # per connection: its first row (earliest, then table order)
+    obs_first: np.ndarray | None = None   # per observation: its first row in table order
+    cache: dict = field(default_factory=dict, repr=False)   # derived arrays (pairs.representatives)
 
     def leg_name(self, i: int) -> str:
         return LEGS[int(self.leg[i])]
@@ -51,39 +55,52 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     vport = np.zeros(n, dtype=np.uint16)
     svc_vip = np.concatenate([ep.svc_vip, [0]]).astype(np.uint64)
     svc_port = np.concatenate([ep.svc_port, [0]]).astype(np.int64)
+    rs_ip = np.concatenate([ep.rs_ip, [0]])
+    fullnat = MODE_CODES["fullnat"]
 
     # hops that carry a real server's address (NAT, and misconfigured hops of other modes)
-    rs_addr_fwd = (leg == D_R) & (rs >= 0) & (ip_dst == np.concatenate([ep.rs_ip, [0]])[rs]) & (
-        mode != MODE_CODES["fullnat"])
-    rs_addr_back = np.isin(leg, (R_D, R_C, D_C)) & (rs >= 0) & (ip_src == np.concatenate([ep.rs_ip, [0]])[rs]) & (
-        mode != MODE_CODES["fullnat"])
-    fwd = (np.isin(leg, (C_D, C_R)) | (leg == D_R)) & ~rs_addr_fwd & ~((leg == D_R) & (mode == MODE_CODES["fullnat"]))
+    cand = np.flatnonzero((leg == D_R) & (rs >= 0) & (mode != fullnat))
+    nat_fwd = cand[ip_dst[cand] == rs_ip[rs[cand]]]
+    cand = np.flatnonzero(member(leg, (R_D, R_C, D_C)) & (rs >= 0) & (mode != fullnat))
+    nat_back = cand[ip_src[cand] == rs_ip[rs[cand]]]
+    del cand
+    fwd = member(leg, (C_D, C_R, D_R)) & ~((leg == D_R) & (mode == fullnat))
+    fwd[nat_fwd] = False
+    fwd = np.flatnonzero(fwd)
     cip[fwd], cport[fwd], vip[fwd], vport[fwd] = ip_src[fwd], sport[fwd], ip_dst[fwd], dport[fwd]
-    back = np.isin(leg, (D_C, R_C)) & ~rs_addr_back
+    back = member(leg, (D_C, R_C))
+    back[nat_back] = False
+    back = np.flatnonzero(back)
     cip[back], cport[back], vip[back], vport[back] = ip_dst[back], dport[back], ip_src[back], sport[back]
+    del fwd, back
 
     # the real server's side carries RIP:rport; the client side is unchanged
-    nat_fwd = rs_addr_fwd
-    nat_back = rs_addr_back
-    _svc_port = svc_port[svc]
     cip[nat_fwd], cport[nat_fwd] = ip_src[nat_fwd], sport[nat_fwd]
     vip[nat_fwd] = svc_vip[svc[nat_fwd]]
-    vport[nat_fwd] = np.where(_svc_port[nat_fwd] == 0, dport[nat_fwd], _svc_port[nat_fwd])
+    port = svc_port[svc[nat_fwd]]
+    vport[nat_fwd] = np.where(port == 0, dport[nat_fwd], port)
     cip[nat_back], cport[nat_back] = ip_dst[nat_back], dport[nat_back]
     vip[nat_back] = svc_vip[svc[nat_back]]
-    vport[nat_back] = np.where(_svc_port[nat_back] == 0, sport[nat_back], _svc_port[nat_back])
+    port = svc_port[svc[nat_back]]
+    vport[nat_back] = np.where(port == 0, sport[nat_back], port)
+    del nat_fwd, nat_back, port
 
     _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_port)
 
     proto = table["ip_proto"]
     keyed = (cip != 0) & (leg != OTHER)
-    conn = np.full(n, -1, dtype=np.int64)
+    release_freed_memory()
+    conn = np.full(n, -1, dtype=np.int32)
     if keyed.any():
         conn = _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto)
-    obs = _observations(table, conn, leg)
-    connections = _connection_table(table, conn, obs, leg, mode, svc, rs, cip, cport, vip, vport, proto, ep)
-    return Flows(table, topo, ep, leg, mode, svc, rs, role, cip, cport, vip, vport, conn.astype(np.int32),
-                 obs, connections)
+    del keyed
+    release_freed_memory()
+    obs, obs_first = _observations(table, conn, leg)
+    release_freed_memory()
+    connections, first_row = _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vip,
+                                               vport, proto, ep)
+    return Flows(table, topo, ep, leg, mode, svc, rs, role, cip, cport, vip, vport, conn, obs, connections,
+                 first_row=first_row, obs_first=obs_first)
 
 
 def _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_port) -> None:
@@ -139,112 +156,126 @@ def _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_por
 
 
 def _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto) -> np.ndarray:
-    """One id per client tuple and generation (a reused tuple starts a new connection)."""
+    """One id per client tuple and generation (a reused tuple starts a new connection), int32 per
+    row (-1 off any connection), numbered in order of the connections' first packets."""
     n = len(leg)
     rows = np.flatnonzero(keyed)
-    df = pd.DataFrame({"cip": cip[rows], "cport": cport[rows], "vip": vip[rows], "vport": vport[rows],
-                       "proto": proto[rows]})
-    tup = df.groupby(["cip", "cport", "vip", "vport", "proto"], sort=False).ngroup().to_numpy()
+    # the client tuple, numbered in order of first appearance
+    tup, _ = group_ids([cip, cport, vip, vport, proto], rows)
     ts = table["ts_ns"][rows]
-    flags = table["tcp_flags"][rows]
-    seq = table["tcp_seq"][rows]
+    lg = leg[rows]
     # generation starts: client SYNs with a new ISN (FullNAT's inner SYN has a remapped one)
-    start = (((flags & (SYN | ACK)) == SYN) & (proto[rows] == 6) & np.isin(leg[rows], CLIENT_TO_SERVER)
-             & ~((leg[rows] == D_R) & (mode[rows] == MODE_CODES["fullnat"])))
-    gens = pd.DataFrame({"tup": tup[start], "seq": seq[start], "ts": ts[start]})
+    start = (((table["tcp_flags"][rows] & (SYN | ACK)) == SYN) & (proto[rows] == 6) & member(lg, CLIENT_TO_SERVER)
+             & ~((lg == D_R) & (mode[rows] == MODE_CODES["fullnat"])))
+    del lg
+    gens = pd.DataFrame({"tup": tup[start], "seq": table["tcp_seq"][rows][start], "ts": ts[start]})
+    del start
     gens = gens.groupby(["tup", "seq"], sort=False)["ts"].min().reset_index().sort_values(["tup", "ts"])
     gens["gen"] = gens.groupby("tup").cumcount()
     # the first generation of a tuple also takes what came before its SYN (skew, mid-stream start)
     gens.loc[gens["gen"] == 0, "ts"] = np.iinfo(np.int64).min
-    left = pd.DataFrame({"i": np.arange(len(rows)), "tup": tup, "ts": ts + SKEW_NS}).sort_values("ts")
-    merged = pd.merge_asof(left, gens[["tup", "ts", "gen"]].sort_values("ts"), on="ts", by="tup",
-                           direction="backward")
-    gen = np.zeros(len(rows), dtype=np.int64)
-    gen[merged["i"].to_numpy()] = merged["gen"].fillna(0).to_numpy().astype(np.int64)
-    ids = pd.DataFrame({"tup": tup, "gen": gen}).groupby(["tup", "gen"], sort=False).ngroup().to_numpy()
-    # number connections in order of their first packet
-    first = pd.Series(table["ts_ns"][rows]).groupby(ids).min().sort_values()
-    renum = np.empty(len(first), dtype=np.int64)
-    renum[first.index.to_numpy()] = np.arange(len(first))
-    conn = np.full(n, -1, dtype=np.int64)
+    # a row takes the last generation of its tuple that started before it (minus the skew); only
+    # tuples with two generations or more need the search: elsewhere every row is generation 0
+    ids = tup
+    per_tup = np.bincount(gens["tup"].to_numpy(), minlength=int(tup.max()) + 1) if len(gens) else None
+    reused = np.flatnonzero(per_tup[tup] >= 2) if per_tup is not None else np.zeros(0, np.int64)
+    if len(reused):
+        left = pd.DataFrame({"i": reused, "tup": tup[reused], "ts": ts[reused] + SKEW_NS}).sort_values("ts")
+        merged = pd.merge_asof(left, gens[["tup", "ts", "gen"]].sort_values("ts"), on="ts", by="tup",
+                               direction="backward")
+        gen = np.zeros(len(rows), dtype=np.int64)
+        gen[merged["i"].to_numpy()] = merged["gen"].fillna(0).to_numpy().astype(np.int64)
+        ids, _ = group_ids([tup * (int(gen.max()) + 1) + gen])
+    # number connections in order of their first packet (ties as pandas' sort_values leaves them)
+    nids = int(ids.max()) + 1
+    first = np.full(nids, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, ids, ts)
+    renum = np.empty(nids, dtype=np.int32)
+    renum[first.argsort(kind="quicksort")] = np.arange(nids, dtype=np.int32)
+    conn = np.full(n, -1, dtype=np.int32)
     conn[rows] = renum[ids]
     return conn
 
 
-def _observations(table, conn, leg) -> np.ndarray:
-    """The same packet seen at several vantage points is one observation."""
+def _observations(table, conn, leg) -> tuple[np.ndarray, np.ndarray]:
+    """The same packet seen at several vantage points is one observation: (obs per row, -1 off any
+    connection; the first row of each observation)."""
     rows = np.flatnonzero(conn >= 0)
     obs = np.full(len(conn), -1, dtype=np.int32)
     if len(rows) == 0:
-        return obs
-    df = pd.DataFrame({"conn": conn[rows], "leg": leg[rows], "seq": table["tcp_seq"][rows],
-                       "ack": table["tcp_ack"][rows], "flags": table["tcp_flags"][rows],
-                       "dig": table["payload_digest"][rows], "len": table["payload_len"][rows],
-                       "id": table["ip_id"][rows]})
-    obs[rows] = df.groupby(list(df.columns), sort=False).ngroup().to_numpy()
-    return obs
+        return obs, np.zeros(0, dtype=np.int64)
+    ids, first = group_ids([conn, leg, table["tcp_seq"], table["tcp_ack"], table["tcp_flags"],
+                            table["payload_digest"], table["payload_len"], table["ip_id"]], rows)
+    obs[rows] = ids
+    return obs, rows[first]
 
 
-def _connection_table(table, conn, obs, leg, mode, svc, rs, cip, cport, vip, vport, proto, ep) -> pd.DataFrame:
-    rows = np.flatnonzero(conn >= 0)
-    nconn = int(conn.max()) + 1 if len(rows) else 0
+def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vip, vport, proto,
+                      ep) -> tuple[pd.DataFrame, np.ndarray]:
+    """One row per connection, and the table row of each connection's first packet.
+
+    Counted over whole columns: rows off any connection go to bin 0 (``conn + 1``), dropped."""
+    nconn = int(conn.max()) + 1 if len(conn) else 0
     cols = {}
     if nconn == 0:
         return pd.DataFrame(columns=["cip", "cport", "vip", "vport", "proto", "svc", "rs", "mode", "first_ns",
-                                     "last_ns", "state", "history"])
-    c = conn[rows]
-    first_row = np.full(nconn, -1, dtype=np.int64)
-    order = np.lexsort((table["ts_ns"][rows], c))
-    cs = c[order]
-    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
-    first_row[cs[starts]] = rows[order[starts]]
+                                     "last_ns", "state", "history"]), np.zeros(0, dtype=np.int64)
+    bins = conn + np.int32(1)
+    ts = table["ts_ns"]
+    first_ns = np.full(nconn + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_ns, bins, ts)
+    last_ns = np.full(nconn + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_ns, bins, ts)
+    # the first row: the earliest, then the first in table order
+    at_first = np.flatnonzero((ts == first_ns[bins]) & (conn >= 0))
+    first_row = np.full(nconn + 1, len(conn), dtype=np.int64)
+    np.minimum.at(first_row, bins[at_first], at_first)
+    first_row = first_row[1:]
+    del at_first
     cols["cip"] = cip[first_row]
     cols["cport"] = cport[first_row]
     cols["vip"] = vip[first_row]
     cols["vport"] = vport[first_row]
     cols["proto"] = table["ip_proto"][first_row]
-    ts = table["ts_ns"][rows]
-    cols["first_ns"] = pd.Series(ts).groupby(c).min().reindex(range(nconn)).to_numpy()
-    cols["last_ns"] = pd.Series(ts).groupby(c).max().reindex(range(nconn)).to_numpy()
-    # the service, the real server and the mode: the most specific value seen on any row
+    cols["first_ns"] = first_ns[1:]
+    cols["last_ns"] = last_ns[1:]
+    # the service, the real server and the mode: the most specific value seen on any row (the
+    # value meaning "none", -1 or 0, is below every other)
     for name, arr, none in (("svc", svc, -1), ("rs", rs, -1), ("mode", mode, 0)):
-        v = arr[rows].astype(np.int64)
-        s = pd.Series(np.where(v == none, np.nan, v)).groupby(c).max().reindex(range(nconn))
-        cols[name] = s.fillna(none).to_numpy().astype(np.int64)
+        best = np.full(nconn + 1, none, dtype=arr.dtype)      # the column's own dtype: ufunc.at's fast path
+        np.maximum.at(best, bins, arr)
+        cols[name] = best[1:].astype(np.int64)
     # a real server's mode where the rows did not say
     rs_mode = np.concatenate([ep.rs_mode.astype(np.int64), [0]])
     cols["mode"] = np.where(cols["mode"] == 0, rs_mode[cols["rs"]], cols["mode"])
-    flags = table["tcp_flags"][rows]
-    plen = table["payload_len"][rows].astype(np.float64)
+    # packets, bytes and TCP flags: one row per observation (its first, in table order)
+    rows = obs_first                      # ascending
+    b = bins[rows]
     lg = leg[rows]
-    first_obs = _first_of_obs(obs[rows])
+    plen = table["payload_len"][rows]
+    per_leg = b.astype(np.int64) * 8 + lg      # (connection, leg) in one bin: leg codes are below 8
+    packets = np.bincount(per_leg, minlength=(nconn + 1) * 8).reshape(nconn + 1, 8)
+    volume = np.bincount(per_leg, weights=plen, minlength=(nconn + 1) * 8).reshape(nconn + 1, 8)
+    del per_leg
     for code in range(1, len(LEGS)):
-        m = (lg == code) & first_obs
         name = LEGS[code].replace("-", "_")
-        cols[f"pk_{name}"] = np.bincount(c[m], minlength=nconn)
-        cols[f"by_{name}"] = np.bincount(c[m], weights=plen[m], minlength=nconn).astype(np.int64)
-    c2s = np.isin(lg, CLIENT_TO_SERVER)
-    s2c = np.isin(lg, (R_D, D_C, R_C))
+        cols[f"pk_{name}"] = packets[1:, code].copy()
+        cols[f"by_{name}"] = volume[1:, code].astype(np.int64)
     tcp = table["ip_proto"][rows] == 6
-    for name, cond in (("c_syn", c2s & ((flags & (SYN | ACK)) == SYN)),
-                       ("s_synack", s2c & ((flags & (SYN | ACK)) == (SYN | ACK))),
-                       ("c_ack", c2s & ((flags & (SYN | ACK | RST)) == ACK)),
-                       ("c_fin", c2s & ((flags & FIN) != 0)), ("s_fin", s2c & ((flags & FIN) != 0)),
-                       ("c_rst", c2s & ((flags & RST) != 0)), ("s_rst", s2c & ((flags & RST) != 0)),
-                       ("c_data", c2s & (plen > 0)), ("s_data", s2c & (plen > 0))):
-        cols[name] = np.bincount(c[cond & tcp & first_obs], minlength=nconn)
+    b, lg, plen = b[tcp], lg[tcp], plen[tcp]
+    flags = table["tcp_flags"][rows[tcp]]
+    c2s = member(lg, CLIENT_TO_SERVER)
+    s2c = member(lg, (R_D, D_C, R_C))
+    for name, side, cond in (("c_syn", c2s, (flags & (SYN | ACK)) == SYN),
+                             ("s_synack", s2c, (flags & (SYN | ACK)) == (SYN | ACK)),
+                             ("c_ack", c2s, (flags & (SYN | ACK | RST)) == ACK),
+                             ("c_fin", c2s, (flags & FIN) != 0), ("s_fin", s2c, (flags & FIN) != 0),
+                             ("c_rst", c2s, (flags & RST) != 0), ("s_rst", s2c, (flags & RST) != 0),
+                             ("c_data", c2s, plen > 0), ("s_data", s2c, plen > 0)):
+        cols[name] = np.bincount(b[cond & side], minlength=nconn + 1)[1:]
     df = pd.DataFrame(cols)
     df["state"], df["history"] = _states(df)
-    return df
-
-
-def _first_of_obs(obs: np.ndarray) -> np.ndarray:
-    """True on one row of each observation (the first in table order)."""
-    out = np.zeros(len(obs), dtype=bool)
-    if len(obs):
-        _, idx = np.unique(obs, return_index=True)
-        out[idx] = True
-    return out
+    return df, first_row
 
 
 def _states(df: pd.DataFrame):

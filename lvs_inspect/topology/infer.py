@@ -54,8 +54,9 @@ def infer_topology(table: PacketTable, *, source: str = "inferred") -> Topology:
         "dport": t["dport"][syn_rows], "seq": t["tcp_seq"][syn_rows], "ip_id": t["ip_id"][syn_rows],
         "win": t["tcp_win"][syn_rows], "mss": t["tcp_mss"][syn_rows], "ws": t["tcp_ws"][syn_rows],
         "ttl": t["ip_ttl"][syn_rows], "eth_src": t["eth_src"][syn_rows], "eth_dst": t["eth_dst"][syn_rows],
-        "tun": t["tun"][syn_rows], "out_src": t["out_src"][syn_rows], "out_dst": t["out_dst"][syn_rows],
-        "out_dport": t["out_dport"][syn_rows], "toa_kind": t["toa_kind"][syn_rows],
+        "tun": t.take("tun", syn_rows), "out_src": t.take("out_src", syn_rows),
+        "out_dst": t.take("out_dst", syn_rows), "out_dport": t.take("out_dport", syn_rows),
+        "toa_kind": t["toa_kind"][syn_rows],
     })
     groups, evidence, dmacs, dips, lips, rs_macs, ttl_drop, vantage_seen, toa_seen = _read_copies(df)
     if not evidence:
@@ -171,8 +172,9 @@ def _read_copies(df: pd.DataFrame):
     df["n"] = g["grp"].transform("size")
     df = df[df["n"] >= 2].copy()
     g = df.groupby("grp", sort=False)
-    first = g.transform("first")
-    prev = g.shift(1)
+    # only the columns read below: the group's first copy and the copy before each one
+    first = g[["tun", "src", "dst", "dport", "eth_dst"]].transform("first")
+    prev = g[["eth_dst", "ttl"]].shift(1)
     df["pos"] = g.cumcount()
     tun = (df["tun"] > 0) & (first["tun"] == 0)
     fullnat = ~tun & (df["src"] != first["src"])
@@ -219,33 +221,44 @@ def _read_copies(df: pd.DataFrame):
 
 def _vantage_evidence(everyone: pd.DataFrame, copies: pd.DataFrame, dmacs: set) -> dict:
     """Per capture point: how many client copies (before the director), copies the director
-    sent to each real server, and copies on their way into the director it saw."""
-    e = everyone[everyone["grp"].isin(copies["grp"].unique())].copy()
-    first = e.groupby("grp", sort=False).transform("first")
-    rewritten = (e["tun"] > first["tun"]) | (e["src"] != first["src"]) | (e["dst"] != first["dst"])
-    e["what"] = "pre"
-    e.loc[(e["eth_src"] == first["eth_src"]) & (e["eth_dst"] == first["eth_dst"]) & ~rewritten, "what"] = "orig"
-    rip = np.where(e["tun"] > 0, e["out_dst"], e["dst"]).astype(np.int64)
-    e.loc[rewritten, "what"] = "copy:" + pd.Series(rip, index=e.index)[rewritten].astype(str)
-    into_d = (e["what"] == "pre") & e["eth_dst"].isin(list(dmacs))
-    e.loc[into_d, "what"] = "into-director"
+    sent to each real server, and copies on their way into the director it saw.
+
+    Keys: "orig", "pre", "into-director", "copy:<RIP key>" (DR: "copy:<-MAC>"), "sent-copy"; what
+    each capture is is worked out as a small integer (and the copy's RIP) and named at the end."""
+    pre, orig, into, copy = 0, 1, 2, 3
+    e = everyone[everyone["grp"].isin(copies["grp"].unique())]
+    first = e.groupby("grp", sort=False)[["tun", "src", "dst", "eth_src", "eth_dst"]].transform("first")
+    rewritten = ((e["tun"] > first["tun"]) | (e["src"] != first["src"]) | (e["dst"] != first["dst"])).to_numpy()
+    grp, ts, iface = e["grp"].to_numpy(), e["ts"].to_numpy(), e["iface"].to_numpy()
+    what = np.full(len(e), pre, dtype=np.int8)
+    what[((e["eth_src"] == first["eth_src"]) & (e["eth_dst"] == first["eth_dst"])).to_numpy() & ~rewritten] = orig
+    copy_of = np.where(e["tun"] > 0, e["out_dst"], e["dst"]).astype(np.int64)
+    what[rewritten] = copy
+    what[(what == pre) & e["eth_dst"].isin(list(dmacs)).to_numpy()] = into
     # the client's frame seen twice on its segment: the later capture is the receiving director's
-    orig = e[e["what"] == "orig"].sort_values("ts", kind="stable")
-    later = orig.groupby("grp").cumcount() > 0
-    e.loc[later[later].index, "what"] = "into-director"
-    dr_last = copies[copies["mode"] == "dr"]
-    for _, row in dr_last.iterrows():   # DR: the copy to the real server's MAC
-        m = (e["grp"] == row["grp"]) & (e["eth_dst"] == row["eth_dst"])
-        e.loc[m, "what"] = f"copy:{-int(row['eth_dst'])}"
+    at = np.flatnonzero(what == orig)
+    o = pd.DataFrame({"grp": grp[at], "ts": ts[at], "at": at}).sort_values("ts", kind="stable")
+    what[o["at"].to_numpy()[o.groupby("grp").cumcount().to_numpy() > 0]] = into
+    # DR: the copy to the real server's MAC (every capture of it in its group)
+    dr_last = copies.loc[copies["mode"] == "dr", ["grp", "eth_dst"]]
+    if len(dr_last):
+        m = pd.MultiIndex.from_frame(e[["grp", "eth_dst"]]).isin(pd.MultiIndex.from_frame(dr_last))
+        what[m] = copy
+        copy_of[m] = -e["eth_dst"].to_numpy()[m].astype(np.int64)
+    copy_of[what != copy] = 0
+    names = {pre: "pre", orig: "orig", into: "into-director"}
     seen = defaultdict(Counter)
-    for (iface, what), n in e[["iface", "what"]].value_counts().items():
-        seen[int(iface)][what] += int(n)
+    counts = pd.DataFrame({"iface": iface, "what": what, "copy": copy_of}).value_counts()
+    for (i, w, c), n in counts.items():
+        seen[int(i)][names[int(w)] if w != copy else f"copy:{int(c)}"] += int(n)
     # a copy seen at two capture points: the earlier one is the director's sending side
-    cp = e[e["what"].str.startswith("copy:")].sort_values("ts", kind="stable")
-    twice = cp.groupby(["grp", "what"])["iface"].transform("size") > 1
-    sent = cp[twice & (cp.groupby(["grp", "what"]).cumcount() == 0)]
-    for iface, n in sent["iface"].value_counts().items():
-        seen[int(iface)]["sent-copy"] += int(n)
+    at = np.flatnonzero(what == copy)
+    cp = pd.DataFrame({"grp": grp[at], "copy": copy_of[at], "iface": iface[at], "ts": ts[at]}).sort_values(
+        "ts", kind="stable")
+    g = cp.groupby(["grp", "copy"])
+    sent = cp[(g["iface"].transform("size") > 1) & (g.cumcount() == 0)]
+    for i, n in sent["iface"].value_counts().items():
+        seen[int(i)]["sent-copy"] += int(n)
     return seen
 
 
