@@ -114,6 +114,10 @@ def old_connection_table(table, conn, obs, leg, mode, svc, rs, cip, cport, vip, 
                        ("c_rst", c2s & ((flags & RST) != 0)), ("s_rst", s2c & ((flags & RST) != 0)),
                        ("c_data", c2s & (plen > 0)), ("s_data", s2c & (plen > 0))):
         cols[name] = np.bincount(c[cond & tcp & first_obs], minlength=nconn)
+    # client SYN transmissions: distinct IP IDs among the connection's client SYNs
+    syn = c2s & ((flags & (SYN | ACK)) == SYN) & tcp & first_obs
+    sent = pd.DataFrame({"c": c[syn], "i": table["ip_id"][rows][syn]}).drop_duplicates()
+    cols["c_syn"] = np.bincount(sent["c"].to_numpy(), minlength=nconn)
     df = pd.DataFrame(cols)
     df["state"], df["history"] = _states(df)
     return df, first_row

@@ -99,6 +99,7 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
     for col in PAIR_COLUMNS:
         for side in ("in", "out"):
             pair[f"{side}.{col}"] = _column_kind(col)
+    pair.update({"in.role": ROLE, "out.role": ROLE})
     pair.update({"matched": "bool", "handshake_ack": "bool", "cip": "addr", "cport": "int", "vip": "addr",
                  "vport": "int"})
     conn = dict(common)
@@ -180,7 +181,7 @@ class _Ctx:
         rs, svc = (a if a.dtype.kind in "iu" else a.astype(np.int64) for a in (np.asarray(rs), np.asarray(svc)))
         mode = np.asarray(mode, dtype=np.int64)
         rs_objs = [r for _, r in ep.real_servers]
-        ext = lambda arr, fill: np.concatenate([np.asarray(arr), [fill]])  # noqa: E731  index -1 -> fill
+        ext = _extended      # index -1 reads the fill value
         dec_req = np.array([p.ttl_request[m] if m else 0 for m in MODES], dtype=np.int64)
         dec_rep = np.array([p.ttl_reply[m] if m else 0 for m in MODES], dtype=np.int64)
         toa_kind = ext([s.toa.kind if s.toa else 0 for s in ep.services], 0)
@@ -209,6 +210,18 @@ class _Ctx:
         values.update(makers)
         return Env(_Lazy(values), n, present=present or {}, addr_key=self.table.addr_key,
                    addr_str=self.table.addr_str)
+
+
+def _extended(arr, fill) -> np.ndarray:
+    """``arr`` with ``fill`` appended, in an integer type that holds both exactly (never float:
+    address keys are 64-bit)."""
+    a = np.asarray(arr)
+    if a.dtype.kind in "iu" or len(a) == 0:
+        dtype = np.uint64 if (a.dtype == np.uint64 and fill >= 0) else np.int64
+        if len(a) == 0:
+            dtype = np.uint64 if fill >= 0 else np.int64
+        return np.concatenate([a.astype(dtype), np.array([fill], dtype=dtype)])
+    return np.concatenate([a, np.array([fill], dtype=a.dtype if a.dtype.kind != "O" else object)])
 
 
 def _handshake_ack(f: Flows) -> np.ndarray:
@@ -281,17 +294,6 @@ def _row_mode(f: Flows) -> np.ndarray:
     return np.where(f.mode > 0, f.mode, conn_mode[f.conn]).astype(np.int64)
 
 
-def _in_column(col: np.ndarray) -> np.ndarray:
-    return col.astype(np.int64) if col.dtype.kind == "f" else col
-
-
-def _out_column(name: str, col: np.ndarray) -> np.ndarray:
-    if col.dtype.kind != "f":
-        return col
-    return np.nan_to_num(col, nan=0).astype(np.uint64 if (name in ADDRESS_COLUMNS or name in MAC_COLUMNS)
-                                            else np.int64)
-
-
 def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
     """The pair scope's environment and the Pairing (None when the first leg has no packet).
     Columns are read from the table for the pairs only when a rule asks for them."""
@@ -301,9 +303,14 @@ def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
         return None, None
     matched = p.matched
     makers = {}
+    # the packet after the director where it was seen, else the incoming one: those rows are
+    # absent (present={"out": matched}), and the values keep their exact integer type
+    out_src = np.where(matched, p.out_row, p.in_row).astype(np.int64)
     for col in PAIR_COLUMNS:
-        makers[f"in.{col}"] = (lambda c=col: _in_column(p.column(t, f"in_{c}")))
-        makers[f"out.{col}"] = (lambda c=col: _out_column(c, p.column(t, f"out_{c}")))
+        makers[f"in.{col}"] = (lambda c=col: t.take(c, p.in_row))
+        makers[f"out.{col}"] = (lambda c=col: t.take(c, out_src))
+    makers["in.role"] = lambda: f.role[p.in_row]
+    makers["out.role"] = lambda: f.role[out_src]
     conns = f.connections
     cidx = p.conn
     makers.update(ctx.per_row(conns["rs"].to_numpy()[cidx], conns["svc"].to_numpy()[cidx],
@@ -441,6 +448,7 @@ def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: 
     if topology is None and topology_path:
         topology = load_topology(topology_path)
         topo_origin = topology_path
+        topology = _learn_missing_roles(table, topology, say)
     if topology is None:
         from ..topology.infer import infer_topology
         say("inferring the topology")
@@ -463,6 +471,21 @@ def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: 
     say("checking")
     findings = evaluate(ctx, rules)
     return _result(table, topology, flows, findings, topo_origin)
+
+
+def _learn_missing_roles(table: PacketTable, topology: Topology, say) -> Topology:
+    """Capture points the topology file does not place get the role inference gives them."""
+    missing = [v.name for v in table.vantages if topology.vantage_role(v.name).kind == "unknown"]
+    if not missing:
+        return topology
+    from ..topology.infer import infer_topology
+    say("learning capture-point roles")
+    try:
+        guessed = dict(infer_topology(table, source="inferred").vantages)
+    except ValueError:
+        return topology
+    roles = {name: guessed[name] for name in missing if name in guessed and guessed[name].kind != "unknown"}
+    return topology.with_vantages(roles) if roles else topology
 
 
 def evaluate(ctx: _Ctx, rules: Sequence[Rule]) -> list[Finding]:

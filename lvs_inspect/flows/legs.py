@@ -228,9 +228,12 @@ def classify_legs(table: PacketTable, topo: Topology):
     rs_to_ip = _match(ip_dst, None, proto, ep.rs_ip, no_port, rs_proto)
     rs_to_ip[not_l4] = -1
     own = member(ip_src, np.array([_key(table, a) for a in topo.director.ips], dtype=np.uint64))
-    odd_hop = (rs_to_ip >= 0) & ~to_vip & l2 & from_d & ~own & ~member(ip_src, ep.svc_vip) & ~member(ip_src,
-                                                                                                    ep.rs_ip)
-    del own
+    fn_server = mode_of_rs[rs_to_ip] == MODE_CODES["fullnat"]
+    # from the director's own address only toward a FullNAT server (a request sent without a
+    # LIP); stitching drops those that map to no client (health checks)
+    odd_hop = (rs_to_ip >= 0) & ~to_vip & l2 & from_d & (~own | fn_server) & ~member(ip_src, ep.svc_vip) \
+        & ~member(ip_src, ep.rs_ip)
+    del fn_server
     put(odd_hop, D_R, (mode_of_rs, rs_to_ip), (rs_svc, rs_to_ip), rs_to_ip)
     del odd_hop
     # ... and the real server's replies from the port the director used
@@ -248,6 +251,10 @@ def classify_legs(table: PacketTable, topo: Topology):
         rs_from = rs_from.copy()
         rs_from[hit] = rs_from_ip[hit]
         from_rs_mode = mode_of_rs[rs_from]
+    # FullNAT replies to the director's own address (requests sent without a LIP)
+    to_own = member(ip_dst, np.array([_key(table, a) for a in topo.director.ips], dtype=np.uint64))
+    put(to_own & (rs_from >= 0) & (from_rs_mode == MODE_CODES["fullnat"]), R_D, fn, (rs_svc, rs_from), rs_from)
+    del to_own, own
     # a reply from a real server's address (NAT, or a DR/TUN server the director rewrites for)
     nat_reply = (rs_from >= 0) & ~from_vip & ~dst_lip & ((from_rs_mode == nat) | (rs_from_ip >= 0) & ~member(
         from_rs_mode, (MODE_CODES["fullnat"],)))

@@ -53,9 +53,9 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     cport = np.zeros(n, dtype=np.uint16)
     vip = np.zeros(n, dtype=np.uint64)
     vport = np.zeros(n, dtype=np.uint16)
-    svc_vip = np.concatenate([ep.svc_vip, [0]]).astype(np.uint64)
+    svc_vip = np.concatenate([ep.svc_vip.astype(np.uint64), np.zeros(1, np.uint64)])
     svc_port = np.concatenate([ep.svc_port, [0]]).astype(np.int64)
-    rs_ip = np.concatenate([ep.rs_ip, [0]])
+    rs_ip = np.concatenate([ep.rs_ip.astype(np.uint64), np.zeros(1, np.uint64)])
     fullnat = MODE_CODES["fullnat"]
 
     # hops that carry a real server's address (NAT, and misconfigured hops of other modes)
@@ -86,6 +86,11 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     del nat_fwd, nat_back, port
 
     _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_port)
+    # a FullNAT-looking hop that maps to no client (the director's own traffic to a real
+    # server, e.g. health checks from its address) is not part of any connection
+    lone = (mode == MODE_CODES["fullnat"]) & member(leg, (D_R, R_D)) & (cip == 0)
+    leg[lone] = OTHER
+    del lone
 
     proto = table["ip_proto"]
     keyed = (cip != 0) & (leg != OTHER)
@@ -95,12 +100,32 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
         conn = _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto)
     del keyed
     release_freed_memory()
+    _via_director(table, conn, leg)
     obs, obs_first = _observations(table, conn, leg)
     release_freed_memory()
     connections, first_row = _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vip,
                                                vport, proto, ep)
     return Flows(table, topo, ep, leg, mode, svc, rs, role, cip, cport, vip, vport, conn, obs, connections,
                  first_row=first_row, obs_first=obs_first)
+
+
+def _via_director(table, conn, leg) -> None:
+    """A real server's reply seen beyond a router (no MAC tells where it came from) that the
+    director also forwarded is on the director-client leg, not a bypass: the same packet
+    (connection, sequence and acknowledgment numbers, flags, IP ID, payload) is on that leg."""
+    rc = np.flatnonzero((leg == R_C) & (conn >= 0))
+    dc = np.flatnonzero((leg == D_C) & (conn >= 0))
+    if len(rc) == 0 or len(dc) == 0:
+        return
+
+    def key(rows):
+        df = pd.DataFrame({"c": conn[rows], "s": table["tcp_seq"][rows], "a": table["tcp_ack"][rows],
+                           "f": table["tcp_flags"][rows], "i": table["ip_id"][rows],
+                           "d": table["payload_digest"][rows]})
+        return pd.MultiIndex.from_frame(df)
+
+    seen = key(rc).isin(key(dc))
+    leg[rc[seen]] = D_C
 
 
 def _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_port) -> None:
@@ -273,6 +298,11 @@ def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vi
                              ("c_rst", c2s, (flags & RST) != 0), ("s_rst", s2c, (flags & RST) != 0),
                              ("c_data", c2s, plen > 0), ("s_data", s2c, plen > 0)):
         cols[name] = np.bincount(b[cond & side], minlength=nconn + 1)[1:]
+    # SYNs the client sent: the same SYN on two legs (or at two capture points) keeps its IP ID,
+    # a retransmission gets a new one
+    syn = c2s & ((flags & (SYN | ACK)) == SYN)
+    sent = np.unique(b[syn].astype(np.int64) * (1 << 32) + table["ip_id"][rows[tcp][syn]].astype(np.int64))
+    cols["c_syn"] = np.bincount(sent >> 32, minlength=nconn + 1)[1:]
     df = pd.DataFrame(cols)
     df["state"], df["history"] = _states(df)
     return df, first_row
