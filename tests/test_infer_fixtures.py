@@ -52,7 +52,10 @@ def test_inference_on_fixture(name):
     assert {str(a) for a in topo.director.lips} == lips
     assert {n: str(r) for n, r in topo.vantages} == roles
     assert topo.services[0].note and all(rs.note for rs in topo.services[0].real_servers)
-    again = loads_topology(dump_toml(topo), "inferred.toml")
+    text = dump_toml(topo)
+    for name, role in roles.items():      # every role comes with its evidence, as a comment
+        assert f"#   {name} = {role}: " in text
+    again = loads_topology(text, "inferred.toml")
     assert again.services == topo.services
 
 

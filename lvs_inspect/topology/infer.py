@@ -125,10 +125,13 @@ def infer_topology(table: PacketTable, *, source: str = "inferred") -> Topology:
               f"the director decremented TTL by {drop} on the way to the real servers "
               f"({_conf(ttl_drop[drop], sum(ttl_drop.values()))}), hence profile '{profile}'"))
     roles = _vantage_roles(t, vantage_seen, mac_ip)
+    evidence_lines = [f"  {v.name} = {roles[v.name]}: {_role_evidence(vantage_seen.get(v.id, Counter()))}"
+                      for v in t.vantages]
     topo = Topology(profile=get_profile(profile), director=director, services=tuple(services),
                     vantages=tuple(roles.items()), source=source, origin="inferred",
                     note=(f"inferred by lvs-inspect from {total_groups} forwarded SYNs in "
-                          f"{groups} groups of copies; check every choice marked low confidence"))
+                          f"{groups} groups of copies; check every choice marked low confidence\n"
+                          "capture points (what each saw of the client SYNs):\n" + "\n".join(evidence_lines)))
     return topo
 
 
@@ -279,6 +282,23 @@ def _scheduler(t: PacketTable, rss) -> tuple[str, str]:
         return "rr", "one real server: the scheduler cannot be told from the trace (rr assumed)"
     return "wlc", ("the scheduler cannot be read off a trace; wlc (the ipvsadm default) assumed — "
                    "compare the share of connections per real server in the audit")
+
+
+def _role_evidence(c: Counter) -> str:
+    """What a capture point saw of the client SYNs, in words (its role's evidence)."""
+    before = c.get("orig", 0)
+    into = c.get("into-director", 0)
+    copies = {k: n for k, n in c.items() if k.startswith("copy:")}
+    parts = []
+    if before:
+        parts.append(f"{before} as the client sent them")
+    if into:
+        parts.append(f"{into} on their way into the director")
+    if copies:
+        parts.append(f"{sum(copies.values())} forwarded to {len(copies)} real server(s)")
+    if c.get("sent-copy", 0):
+        parts.append(f"{c['sent-copy']} of those before the real server's own capture")
+    return ", ".join(parts) if parts else "no client SYN"
 
 
 def _vantage_roles(t: PacketTable, seen, mac_ip) -> dict[str, VantageRole]:
