@@ -114,6 +114,9 @@ def old_connection_table(table, conn, obs, leg, mode, svc, rs, cip, cport, vip, 
                        ("c_rst", c2s & ((flags & RST) != 0)), ("s_rst", s2c & ((flags & RST) != 0)),
                        ("c_data", c2s & (plen > 0)), ("s_data", s2c & (plen > 0))):
         cols[name] = np.bincount(c[cond & tcp & first_obs], minlength=nconn)
+    # data counts every transport (a UDP answer is the server's data)
+    cols["c_data"] = np.bincount(c[c2s & (plen > 0) & first_obs], minlength=nconn)
+    cols["s_data"] = np.bincount(c[s2c & (plen > 0) & first_obs], minlength=nconn)
     # client SYN transmissions: distinct IP IDs among the connection's client SYNs
     syn = c2s & ((flags & (SYN | ACK)) == SYN) & tcp & first_obs
     sent = pd.DataFrame({"c": c[syn], "i": table["ip_id"][rows][syn]}).drop_duplicates()

@@ -97,7 +97,8 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     release_freed_memory()
     conn = np.full(n, -1, dtype=np.int32)
     if keyed.any():
-        conn = _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto)
+        conn = _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto,
+                               udp_timeout_ns=int(topo.timeouts.udp) * 1_000_000_000)
     del keyed
     release_freed_memory()
     _via_director(table, conn, leg)
@@ -180,7 +181,8 @@ def _map_fullnat(table, leg, mode, svc, cip, cport, vip, vport, svc_vip, svc_por
     vport[r] = got["vport"].to_numpy()[ok].astype(np.uint16)
 
 
-def _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto) -> np.ndarray:
+def _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto,
+                    udp_timeout_ns: int = 300 * 1_000_000_000) -> np.ndarray:
     """One id per client tuple and generation (a reused tuple starts a new connection), int32 per
     row (-1 off any connection), numbered in order of the connections' first packets."""
     n = len(leg)
@@ -193,8 +195,19 @@ def _connection_ids(table, leg, mode, keyed, cip, cport, vip, vport, proto) -> n
     start = (((table["tcp_flags"][rows] & (SYN | ACK)) == SYN) & (proto[rows] == 6) & member(lg, CLIENT_TO_SERVER)
              & ~((lg == D_R) & (mode[rows] == MODE_CODES["fullnat"])))
     del lg
-    gens = pd.DataFrame({"tup": tup[start], "seq": table["tcp_seq"][rows][start], "ts": ts[start]})
+    gens = pd.DataFrame({"tup": tup[start], "seq": table["tcp_seq"][rows][start].astype(np.int64),
+                         "ts": ts[start]})
     del start
+    # UDP has no handshake: a client packet after more than the UDP timeout of silence starts a
+    # new connection (the director's entry expired; the next packet is scheduled again)
+    u = np.flatnonzero((proto[rows] == 17) & member(leg[rows], CLIENT_TO_SERVER))
+    if len(u):
+        order = u[np.lexsort((ts[u], tup[u]))]
+        gap = np.diff(ts[order]) > udp_timeout_ns
+        new_tup = np.diff(tup[order]) != 0
+        fresh = np.concatenate([order[:1], order[1:][gap | new_tup]])   # each flow's first packet
+        gens = pd.concat([gens, pd.DataFrame({"tup": tup[fresh], "seq": -1 - np.arange(len(fresh)),
+                                              "ts": ts[fresh]})], ignore_index=True)
     gens = gens.groupby(["tup", "seq"], sort=False)["ts"].min().reset_index().sort_values(["tup", "ts"])
     gens["gen"] = gens.groupby("tup").cumcount()
     # the first generation of a tuple also takes what came before its SYN (skew, mid-stream start)
@@ -275,6 +288,7 @@ def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vi
     cols["mode"] = np.where(cols["mode"] == 0, rs_mode[cols["rs"]], cols["mode"])
     # packets, bytes and TCP flags: one row per observation (its first, in table order)
     rows = obs_first                      # ascending
+    rows_all = rows
     b = bins[rows]
     lg = leg[rows]
     plen = table["payload_len"][rows]
@@ -298,6 +312,10 @@ def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vi
                              ("c_rst", c2s, (flags & RST) != 0), ("s_rst", s2c, (flags & RST) != 0),
                              ("c_data", c2s, plen > 0), ("s_data", s2c, plen > 0)):
         cols[name] = np.bincount(b[cond & side], minlength=nconn + 1)[1:]
+    # data counts every transport (a UDP answer is the server's data)
+    lg_all, b_all, plen_all = leg[rows_all], bins[rows_all], table["payload_len"][rows_all]
+    for name, legs_ in (("c_data", CLIENT_TO_SERVER), ("s_data", (R_D, D_C, R_C))):
+        cols[name] = np.bincount(b_all[member(lg_all, legs_) & (plen_all > 0)], minlength=nconn + 1)[1:]
     # SYNs the client sent: the same SYN on two legs (or at two capture points) keeps its IP ID,
     # a retransmission gets a new one
     syn = c2s & ((flags & (SYN | ACK)) == SYN)
