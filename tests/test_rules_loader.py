@@ -282,7 +282,7 @@ def test_render_rule(good):
                  "False positives\n    - a VRRP backup", "References\n    - Documentation/networking/ip-sysctl.rst",
                  "Fixtures\n    fires on: dr-arp-leak\n    quiet on: dr-good, tun-good"):
         assert part in text, part
-    assert max(len(line) for line in text.splitlines()) <= 88
+    assert max(len(line) for line in text.splitlines() if not line.startswith("defined in")) <= 88
     nat = render_rule(good["NAT202"])
     assert "legs:       client-director -> director-rs (in, out)" in nat
     assert "in preview" in nat and "nat-wrong-rewrite (3x)" in nat

@@ -45,6 +45,22 @@ def _section(title: str, body: str) -> str:
     return f"{title}\n{body}\n"
 
 
+def _shown_path(path: str) -> str:
+    """A rule file's path as a reader finds it: inside the shipped pack as ``rules/...``,
+    under the working directory relative to it, elsewhere as given."""
+    from pathlib import Path
+
+    from ..resources import rules_dir
+    p = Path(path)
+    for base, prefix in ((rules_dir(), "rules"), (Path.cwd(), "")):
+        try:
+            rel = p.resolve().relative_to(base.resolve())
+        except (ValueError, OSError):
+            continue
+        return str(Path(prefix) / rel) if prefix else str(rel)
+    return path
+
+
 def render_rule(rule: Rule) -> str:
     """The documentation of one rule."""
     head = f"{rule.code} {rule.name}"
@@ -64,7 +80,7 @@ def render_rule(rule: Rule) -> str:
         facts.append(("legs", (" -> ".join(rule.legs) + " (in, out)") if rule.scope == "pair"
                       else ", ".join(rule.legs)))
     facts.append(("profiles", ", ".join(rule.profiles) if rule.profiles else "all"))
-    facts.append(("defined in", f"{rule.path} line {rule.line}"))
+    facts.append(("defined in", f"{_shown_path(rule.path)} line {rule.line}"))
     w = max(len(k) for k, _ in facts)
     lines += [f"{k + ':':<{w + 1}} {v}" for k, v in facts]
     lines.append("")
