@@ -377,7 +377,6 @@ ETYPE = {"ip4": 0x0800, "ip6": 0x86DD, "arp": 0x0806}
 @st.composite
 def link_frame(draw, linktype: int, lies: frozenset) -> bytes:
     """A whole frame for ``linktype``: link header, network payload, random tail (uncut)."""
-    raw = linktype in (101, 228, 229)
     kinds = ("ip4", "ip6", "arp") if linktype in (1, 113, 276) else ("ip4", "ip6")   # ARP needs an ethertype
     kind = pick(draw, lies, "payload", draw(st.sampled_from(kinds)), st.just("other"))
     if linktype == 228 and kind != "other":

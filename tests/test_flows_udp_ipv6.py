@@ -2,13 +2,12 @@
 IPv6 services, on hand-built two-hop NAT traces."""
 from __future__ import annotations
 
-import dpkt
 
 from lvs_inspect.capture import read_table
 from lvs_inspect.capture.writer import PcapngWriter
 from lvs_inspect.flows import LEGS, stitch
 from lvs_inspect.topology import loads_topology
-from packets import CIP, CIP6, RIP, RIP6, VIP, VIP6, eth, ip4, ip6, tcp, udp
+from packets import CIP, CIP6, RIP, RIP6, VIP, VIP6, eth, ip4, ip6, udp
 
 D_MAC_C, D_MAC_R = bytes.fromhex("020000000002"), bytes.fromhex("020000000003")
 R_MAC = bytes.fromhex("020000000011")

@@ -29,7 +29,7 @@ from ..resources import rules_dir
 from ..topology import Topology, load_topology
 from .expr import Env, Kind, Namespace, Var
 from .finding import AuditResult, Finding, FrameRef, InputInfo, Summary
-from .rules import PAIRS, Rule, load_rules, select_rules
+from .rules import Rule, load_rules, select_rules
 
 TCP_FLAGS = Kind.flags({"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20,
                         "ECE": 0x40, "CWR": 0x80, "NS": 0x100})
@@ -155,7 +155,7 @@ class _Ctx:
     toa_kinds: tuple[int, ...]
 
     def constants(self) -> dict:
-        t, topo, ep = self.table, self.topo, self.flows.endpoints
+        topo, ep = self.topo, self.flows.endpoints
         p = topo.profile
         return {
             "director.macs": lambda: [int(m) for m in ep.director_macs],

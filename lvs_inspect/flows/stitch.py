@@ -9,7 +9,7 @@ import pandas as pd
 from ..capture.table import PacketTable, release_freed_memory
 from ..topology.model import Topology
 from .keys import group_ids, member
-from .legs import (C_D, C_R, CLIENT_TO_SERVER, D_C, D_R, LEGS, MODE_CODES, MODES, OTHER, R_C, R_D,
+from .legs import (C_D, C_R, CLIENT_TO_SERVER, D_C, D_R, LEGS, MODE_CODES, OTHER, R_C, R_D,
                    Endpoints, classify_legs)
 
 SYN, ACK, FIN, RST = 0x02, 0x10, 0x01, 0x04

@@ -21,7 +21,6 @@ Every choice carries its evidence and a confidence in ``note`` (written as TOML 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd

@@ -628,7 +628,7 @@ def _validate_service(topo: Topology, s: Service, fb: str) -> None:
     pos = s.pos
     if s.fwmark is None:
         if s.vip is None:
-            raise _error(pos, "vip", f"service needs a vip (or a fwmark)", fb)
+            raise _error(pos, "vip", "service needs a vip (or a fwmark)", fb)
         if s.vips or s.ports:
             raise _error(pos, "vips", f"service {s.key}: vips/ports only describe fwmark services", fb)
         if s.protocol is None:
