@@ -64,12 +64,17 @@ def test_every_forwarding_fixture_is_covered():
     assert lab <= set(EXPECTED)
 
 
-SYNTH_HEALTHY = ["nat", "dr", "tun", "tun-gue", "tun-gre", "fullnat", "fullnat-alibaba"]
+#: where the wire shows another set-up than the one intended, inference reports the wire: a real
+#: server reached on port 8080, one masqueraded or not tunnelled, a director that keeps the TTL,
+#: another TOA kind than the modules expect, requests sent from the director's own address
+WIRE_DIFFERS = {"nat-wrong-port", "dr-rewrites-ip", "tun-not-encapsulated", "nat-ttl-not-decremented",
+                "fullnat-toa-variant", "fullnat-wrong-lip"}
+SYNTH_HEALTHY = sorted(p.name for p in (FIX / "synth").iterdir() if p.is_dir() and p.name not in WIRE_DIFFERS)
 
 
 @pytest.mark.parametrize("name", SYNTH_HEALTHY)
 def test_inference_matches_the_modelled_set_up(name):
-    """Every mode: the inferred topology is the one the generator modelled (its topology.toml)."""
+    """Every mode and fault: the inferred topology is the one the generator modelled (its topology.toml)."""
     from lvs_inspect.topology import load_topology
     folder = FIX / "synth" / name
     truth = load_topology(str(folder / "topology.toml"))

@@ -187,6 +187,13 @@ def _read_copies(df: pd.DataFrame):
     has_rewrite = rewrite.groupby(df["grp"]).transform("any")
     last = df["pos"] == df["n"] - 1
     dr = ~has_rewrite & last & (df["pos"] > 0) & (df["eth_dst"] != 0) & (df["eth_dst"] != first["eth_dst"])
+    # a MAC the director receives client SYNs on (the hop before a forwarded copy) is not a
+    # real server's: a SYN whose last copy went there was dropped by the director, not forwarded
+    fwd_first = df[(df["mode"] != "") | dr]
+    fwd_first = fwd_first[~fwd_first["grp"].duplicated()]
+    into_director = prev.loc[fwd_first.index, "eth_dst"].value_counts()
+    receiving = set(into_director[into_director >= 0.25 * into_director.max()].index) if len(into_director) else set()
+    dr &= ~df["eth_dst"].isin(receiving)
     df.loc[dr, "mode"] = "dr"
     # the director: the copy it received (the one before the first rewritten copy) and what it sent
     fwd = df[df["mode"] != ""]
@@ -209,8 +216,11 @@ def _read_copies(df: pd.DataFrame):
             kind = (Mode(mode_name), int(r), int(rp), _TUN_TYPES.get(int(tn)) if mode_name == "tun" else None,
                     int(tp))
             evidence[(int(vip), int(vport))][kind] += int(n)
-    dmacs = Counter({int(k): int(v) for k, v in pd.concat([fwd["eth_src"], before["eth_dst"]])
-                     .value_counts().items() if k})
+    # the director's MACs: those that received and sent most forwarded SYNs (a router that hands
+    # a few of them to a real server directly, as in an ARP leak, stays below the cut)
+    seen_macs = pd.concat([fwd["eth_src"], before["eth_dst"]]).value_counts()
+    top = int(seen_macs.max()) if len(seen_macs) else 0
+    dmacs = Counter({int(k): int(v) for k, v in seen_macs.items() if k and v >= 0.5 * top})
     dips = Counter({int(k): int(v) for k, v in fwd.loc[fwd["mode"] == "tun", "out_src"].value_counts().items()})
     lips = Counter({int(k): int(v) for k, v in fwd.loc[fwd["mode"] == "fullnat", "src"].value_counts().items()})
     rs_macs = {int(m): None for m in fwd.loc[fwd["mode"] == "dr", "eth_dst"].unique()}
