@@ -1,6 +1,8 @@
 """load_topology: recognising the format by content, file errors, and a property round trip."""
 from __future__ import annotations
 
+import os
+
 import ipaddress
 import pathlib
 import shutil
@@ -158,7 +160,8 @@ def topologies(draw):
     return Topology(profile=prof, director=director, services=tuple(services), vantages=vantages)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("LVS_TOPO_EXAMPLES", "200")), deadline=None, derandomize=os.environ.get("LVS_TOPO_RANDOM") is None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(topologies())
 def test_dump_load_round_trip(topo):
     validate_topology(topo)

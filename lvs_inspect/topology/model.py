@@ -577,16 +577,21 @@ class Topology:
 
 # =========================================================================== defaults + validation
 
+def default_toa_for(s: "Service", profile: Profile) -> ToaVariant | None:
+    """The TOA the profile inserts for a service: FullNAT services that may carry TCP."""
+    if Mode.FULLNAT not in s.modes or s.protocol is Protocol.UDP:
+        return None
+    return profile.default_toa(s.family or 4)
+
+
 def apply_defaults(topo: Topology, *, explicit_no_toa: frozenset[int] = frozenset()) -> Topology:
     """Fill what the profile implies: the TOA variant of FullNAT/TCP services of profiles that
     insert TOA (unless the service index is in ``explicit_no_toa``)."""
     services = []
     changed = False
     for i, s in enumerate(topo.services):
-        if (s.toa is None and i not in explicit_no_toa and Mode.FULLNAT in s.modes
-                and s.protocol is not Protocol.UDP):
-            fam = s.family or 4
-            toa = topo.profile.default_toa(fam)
+        if s.toa is None and i not in explicit_no_toa:
+            toa = default_toa_for(s, topo.profile)
             if toa is not None:
                 s = dataclasses.replace(s, toa=toa)
                 changed = True

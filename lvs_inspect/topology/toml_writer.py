@@ -8,7 +8,7 @@ import re
 
 from ..net import netmask_from_prefix
 from .model import (
-    DEFAULT_SCHEDULER, TOA_PACKETS, Mode, Service, Topology,
+    DEFAULT_SCHEDULER, TOA_PACKETS, Mode, Service, Topology, default_toa_for,
 )
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -121,8 +121,7 @@ def _service(topo: Topology, s: Service) -> list[str]:
     if s.toa is not None:
         pk = [p for p in TOA_PACKETS if p in s.toa.packets]
         out.append(f"toa = {{ kind = {s.toa.kind}, length = {s.toa.length}, packets = {_arr(pk)} }}")
-    elif (Mode.FULLNAT in s.modes and s.protocol is not None and s.protocol.value == "tcp"
-          and topo.profile.default_toa(s.family or 4) is not None):
+    elif default_toa_for(s, topo.profile) is not None:
         out.append("toa = false   # no TOA expected (the profile would insert one)")
     if s.lips:
         out.append(f"lips = {_arr(s.lips)}")
