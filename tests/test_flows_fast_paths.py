@@ -283,7 +283,8 @@ def test_connections_and_observations(flows):
     if len(f.connections):
         df, first_row = old_connection_table(t, conn, f.obs, f.leg, f.mode, f.svc, f.rs, f.cip, f.cport, f.vip,
                                              f.vport, f.endpoints)
-        pd.testing.assert_frame_equal(f.connections, df, check_exact=True)
+        # seq_delta came after the reference implementation (it has its own test)
+        pd.testing.assert_frame_equal(f.connections.drop(columns="seq_delta"), df, check_exact=True)
         _same(f.first_row, first_row)
 
 

@@ -106,6 +106,7 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
     conn.update(_row_names())
     conn.update({"cip": "addr", "cport": "int", "vip": "addr", "vport": "int", "proto": "int",
                  "state": STATE, "history": "str", "first_ns": "int", "last_ns": "int", "duration_ms": "float",
+                 "seq_delta": Var("int", absent=-1),
                  "syn_retries": "int"})
     for leg in LEGS[1:]:
         conn[f"packets.{leg.replace('-', '_')}"] = "int"
@@ -325,7 +326,8 @@ def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
 def _conn_env(ctx: _Ctx) -> Env:
     c = ctx.flows.connections
     makers = {name: (lambda n=name: c[n].to_numpy()) for name in
-              ("cip", "cport", "vip", "vport", "proto", "history", "first_ns", "last_ns", "c_syn", "s_synack",
+              ("cip", "cport", "vip", "vport", "proto", "history", "first_ns", "last_ns", "seq_delta", "c_syn",
+               "s_synack",
                "c_ack", "c_fin", "s_fin", "c_rst", "s_rst", "c_data", "s_data")}
     makers["state"] = lambda: np.array([STATES.index(s) for s in c["state"]], dtype=np.int64)
     makers["duration_ms"] = lambda: (c["last_ns"] - c["first_ns"]).to_numpy() / 1e6

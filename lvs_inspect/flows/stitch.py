@@ -321,9 +321,37 @@ def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vi
     syn = c2s & ((flags & (SYN | ACK)) == SYN)
     sent = np.unique(b[syn].astype(np.int64) * (1 << 32) + table["ip_id"][rows[tcp][syn]].astype(np.int64))
     cols["c_syn"] = np.bincount(sent >> 32, minlength=nconn + 1)[1:]
+    cols["seq_delta"] = _seq_deltas(table, conn, leg, mode, nconn)
     df = pd.DataFrame(cols)
     df["state"], df["history"] = _states(df)
     return df, first_row
+
+
+def _seq_deltas(table, conn, leg, mode, nconn: int) -> np.ndarray:
+    """FullNAT's per-connection sequence delta D1 (SEMANTICS §1.4): the sequence number of the
+    director's SYN toward the real server minus the client's ISN, modulo 2^32; -1 where it
+    cannot be learned (not FullNAT, or one of the two SYNs not captured)."""
+    out = np.full(nconn, -1, dtype=np.int64)
+    syn = ((table["tcp_flags"] & (SYN | ACK)) == SYN) & (conn >= 0)
+    inner = np.flatnonzero(syn & (leg == D_R) & (mode == MODE_CODES["fullnat"]))
+    if len(inner) == 0:
+        return out
+    outer = np.flatnonzero(syn & (leg == C_D))
+    seq = table["tcp_seq"].astype(np.int64)
+    ts = table["ts_ns"]
+    # the first SYN on each side of each connection (a retransmission keeps the same ISN)
+    def first_seq(rows):
+        order = rows[np.lexsort((ts[rows], conn[rows]))]
+        c = conn[order]
+        keep = np.r_[True, c[1:] != c[:-1]]
+        return c[keep], seq[order[keep]]
+    ci, si = first_seq(inner)
+    co, so = first_seq(outer)
+    client_isn = np.full(nconn, -1, dtype=np.int64)
+    client_isn[co] = so
+    known = client_isn[ci] >= 0
+    out[ci[known]] = (si[known] - client_isn[ci[known]]) % (1 << 32)
+    return out
 
 
 def _states(df: pd.DataFrame):
