@@ -114,6 +114,23 @@ wrong-lip            fullnat: the local address pool is the director's own 192.0
                      D->R from 192.0.2.1:lport, R->D to it, the real servers resolve 192.0.2.1 by ARP.
 mss-not-lowered      fullnat: the SYN-ACK toward the client keeps the real server's MSS 1460 (Alibaba with
                      mss_adjust_entry 0; a DPVS build whose SYN-ACK path skips the adjustment).
+mtu                  tun: the director's path MTU toward the real servers is 1500, so a DF client packet longer
+                     than 1480 (1500 - the 20-byte IPIP header; GUE 32, GRE 24) does not fit in the tunnel.  Some
+                     connections start with an upload: the first request is one
+                     full segment (1448 bytes of POST, IP length 1500, DF); about 8 % (always the second).  The director does not forward it
+                     (p-client and p-dir-c only) and answers with ICMP 3/4 (frag-needed, next-hop MTU 1500 - the
+                     overhead) from the VIP to the client (ensure_mtu_is_adequate -> icmp_send; TTL 64, TOS 0xc0,
+                     no DF), quoting the client's IP header (TTL as received) and the first 8 bytes of TCP.  After
+                     its RTT the client resends the data in segments of MSS 1500 - overhead - 40 (with timestamps
+                     12 bytes less of payload: 1428 + 20 bytes for IPIP), IP IDs +1 and +2, which are forwarded
+                     normally; the rest of the connection runs that much later, sequence numbers moved on by the
+                     upload.
+rs-routes-onward     dr: RS2 has no VIP but ip_forward 1: every frame the director hands it (p-dir-r: dst MAC RS2,
+                     dst VIP) leaves RS2 again toward its default gateway (02:00:00:00:01:03, src MAC RS2's, on
+                     p-dir-r) unchanged but TTL - 1 (IP checksum adjusted; no ICMP redirect: the source is not
+                     on-link).  The site router drops it (reverse-path filter: the clients are routed upstream), so
+                     nothing answers: the clients retransmit the SYN 1, 3, 7 ... s after the first, each forwarded
+                     and re-emitted again; DNS queries are repeated after 5 s.  RS2 resolves its gateway by ARP.
 
 --rate N (new TCP connections per second, default 3000; DNS and pings scale with it) sets how long a trace
 of --frames frames lasts: at 3000 a 1600-frame trace covers 0.15 s, at 12 about 4 s, long enough for the
@@ -220,7 +237,7 @@ IPTOS_PREC_INTERNETCONTROL = 0xC0      # TOS of Linux ICMP errors
 RATE = 3000                            # new TCP connections per second (--rate)
 # faults whose clients retry seconds later: the trace is cut while new connections still arrive, so
 # that a capture of --frames frames is busy to its end (the retries past the cut are not in it)
-LATE_FAULTS = {"reply-not-rewritten", "syn-drop", "rs-no-vip", "no-decap"}
+LATE_FAULTS = {"reply-not-rewritten", "syn-drop", "rs-no-vip", "no-decap", "rs-routes-onward"}
 WRONG_PORT = 8080                      # wrong-port: where the director sends RS3's connections
 
 FAULTS = {  # name: modes it applies to (documented in the module docstring)
@@ -230,8 +247,10 @@ FAULTS = {  # name: modes it applies to (documented in the module docstring)
     "bad-checksum": ("nat", "dr", "tun", "fullnat"), "arp-announce": ("dr", "tun"),
     "rs-no-vip": ("dr", "tun"), "rs-down": ("dr", "tun"), "rs-masquerade": ("dr",),
     "not-encapsulated": ("tun",), "no-decap": ("tun",), "wrong-lip": ("fullnat",),
-    "mss-not-lowered": ("fullnat",),
+    "mss-not-lowered": ("fullnat",), "mtu": ("tun",), "rs-routes-onward": ("dr",),
 }
+TUN_PMTU = 1500                        # mtu: the director's path MTU toward the real servers
+UPLOAD = SEG                           # mtu: the first client segment of an upload, full size (IP length 1500)
 
 
 # ---------------------------------------------------------------------------------------- payloads
@@ -972,6 +991,72 @@ def fault_no_decap(P: dict, K: dict, rng: np.random.Generator, tun: str = "ipip"
     return _add_rows(P, from_rs, relayed)
 
 
+def fault_rs_routes_onward(P: dict, K: dict, rng: np.random.Generator) -> dict:
+    """RS2 has no VIP but ip_forward 1: it routes what the director forwards on to its default gateway
+    (observe() emits the copy); nothing answers, so the clients retry as with rs-no-vip."""
+    P = fault_rs_no_vip(P, K, rng)
+    L = Cols()
+    _arp_exchange(L, rng, K["duration"], 2, int(RS_MACS[1]), int(RIPS[1]), GW_RS, GW_RS_IP)
+    return _append(P, L)
+
+
+def fault_mtu(P: dict, K: dict, rng: np.random.Generator, pool: Pool, tun: str = "ipip") -> dict:
+    """Some connections start with an upload whose first, full-size DF segment does not fit in the tunnel:
+    the director answers ICMP frag-needed from the VIP, the client resends it in smaller segments."""
+    C = K["C"]
+    sel = _pick(rng, C, 0.08)                                   # a few uploads
+    rows, ci = _conn_rows(P, K, sel)
+    td, c2s = P["td"], P["dir"] == 0
+    big = np.iinfo(np.int64).max
+    req = rows & c2s & (P["pl_len"] > 0)
+    t_req = np.full(C, big, dtype=np.int64)
+    np.minimum.at(t_req, P["conn"][req], td[req])
+    first = np.flatnonzero(req & (td == t_req[ci]))
+    c = P["conn"][first]
+    # the upload: a POST of exactly one full segment (headers and body)
+    hdr = b"POST /api/v1/upload HTTP/1.1\r\nHost: www.example.com\r\nContent-Type: application/octet-stream\r\n"
+    hdr += f"Content-Length: {UPLOAD - len(hdr) - 24}\r\n\r\n".encode()
+    body = (b"lvs-inspect upload " * 100)[: UPLOAD - len(hdr)]
+    up_off, _ = pool.add(hdr + body)
+    pool.freeze()
+    mss = TUN_PMTU - int(ENC_LEN[TUN_ENC[tun]]) - 40          # the client's new MSS after the ICMP
+    s1 = mss - 12                                               # payload per segment with timestamps
+    parts = [(0, s1), (s1, UPLOAD - s1)]
+    delta = (np.uint64(UPLOAD) - P["pl_len"][first].astype(np.uint64))   # the request grew to the upload
+    d_c = np.zeros(C, dtype=np.uint64)
+    d_c[c] = delta
+    # the client resends after its RTT (the ICMP's way back and the resend's way in); all later rows move
+    wait = np.zeros(C, dtype=np.int64)
+    wait[c] = K["rtt_c"][c]
+    after = rows & (td >= t_req[ci]) & ~np.isin(np.arange(len(td)), first)
+    d_ms = (wait // MS).astype(np.uint64)
+    dropped = _copy_rows(P, first, pl_start=up_off, pl_len=UPLOAD, path=PATH_DROP_D)
+    icmp = _copy_rows(P, first, kind=K_ICMP, dir=1, td=td[first] + 30 * US, icmp_type=3, icmp_code=4, icmp_id=0,
+                      icmp_seq=TUN_PMTU - int(ENC_LEN[TUN_ENC[tun]]), df=0, tos=IPTOS_PREC_INTERNETCONTROL,
+                      quote_of=-1, quote_inner=2, cport=0, vport=0, flags=0, seq=0, ack=0, syn_opts=0, pl_start=0,
+                      pl_len=0, conn=-1, rs=-1, tsval=0, tsecr=0, win=0, fwd=FWD_MODE,
+                      ip_id=rng.integers(0, 65536, len(first)))
+    resent = []
+    for k, (off, n) in enumerate(parts):
+        resent.append(_copy_rows(P, first, td=td[first] + wait[c] + k * 12 * US, pl_start=up_off + off, pl_len=n,
+                                 seq=(P["seq"][first] + np.uint64(off)) & M32,
+                                 tsval=(P["tsval"][first] + d_ms[c]) & M32, tsecr=(P["tsecr"][first] + d_ms[c]) & M32,
+                                 ip_id=_ident(P["ip_id"][first], k + 1),
+                                 flags=(ACK if k < len(parts) - 1 else P["flags"][first])))
+    P["td"] = np.where(after, td + wait[ci], td)
+    P["tsval"] = np.where(after, (P["tsval"] + d_ms[ci]) & M32, P["tsval"])
+    P["tsecr"] = np.where(after, (P["tsecr"] + d_ms[ci]) & M32, P["tsecr"])
+    P["seq"] = np.where(after & c2s, (P["seq"] + d_c[ci]) & M32, P["seq"])
+    P["ack"] = np.where(after & ~c2s, (P["ack"] + d_c[ci]) & M32, P["ack"])
+    P["ip_id"] = np.where(after & c2s, _ident(P["ip_id"], len(parts)), P["ip_id"]).astype(np.uint16)
+    keep = np.ones(len(td), dtype=bool)
+    keep[first] = False
+    P = {k: v[keep] for k, v in P.items()}
+    n0 = len(P["kind"])
+    icmp["quote_of"] = np.arange(n0, n0 + len(first))         # the dropped rows, appended first
+    return _add_rows(P, dropped, icmp, *resent)
+
+
 def fullnat_assign(P: dict, K: dict, profile: str, rng: np.random.Generator, lips: np.ndarray = LIPS) -> None:
     """LIP, lport, rport and D1 per connection/DNS exchange, and which client segments carry TOA."""
     kind, conn = P["kind"], P["conn"]
@@ -1038,7 +1123,8 @@ def fault_toa(P: dict, K: dict, faults, rng: np.random.Generator) -> None:
         P["xopt"][P["first_ack"] & _pick(rng, C)[ci]] = 1
 
 
-def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults, tun: str = "ipip") -> dict:
+def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults, tun: str = "ipip",
+                 pool: Pool | None = None) -> dict:
     """Faults that change the traffic, then (FullNAT) the director's allocations and the TOA faults."""
     rng = np.random.default_rng([seed, 3])
     if "nat-bypass" in faults:
@@ -1048,12 +1134,15 @@ def apply_passes(P: dict, K: dict, mode: str, seed: int, profile: str, faults, t
     passes = {"wrong-port": fault_wrong_port, "syn-drop": fault_syn_drop,
               "reply-not-rewritten": fault_reply_not_rewritten, "bad-checksum": fault_bad_checksum,
               "arp-announce": fault_arp_announce, "rs-no-vip": fault_rs_no_vip, "rs-down": fault_rs_down,
-              "rs-masquerade": fault_rs_masquerade, "not-encapsulated": fault_not_encapsulated}
+              "rs-masquerade": fault_rs_masquerade, "not-encapsulated": fault_not_encapsulated,
+              "rs-routes-onward": fault_rs_routes_onward}
     for name, fn in passes.items():
         if name in faults:
             P = fn(P, K, np.random.default_rng([seed, 4, list(FAULTS).index(name)]))
     if "no-decap" in faults:
         P = fault_no_decap(P, K, np.random.default_rng([seed, 4, list(FAULTS).index("no-decap")]), tun)
+    if "mtu" in faults:
+        P = fault_mtu(P, K, np.random.default_rng([seed, 4, list(FAULTS).index("mtu")]), pool, tun)
     if mode == "fullnat":
         lips = LIPS
         if "wrong-lip" in faults:   # the local address pool is the director's own 192.0.2.1
@@ -1150,6 +1239,9 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
                  np.where(arp, asha, np.where(c2s, DIR_INT, rs_mac)), np.where(arp, adst, np.where(c2s, rs_mac, DIR_INT)),
                  np.where(c2s, cip, np.where(natr, rip, VIP)), np.where(c2s, np.where(natr, rip, VIP), cip),
                  np.where(c2s, ttl0 - 1 - dec, 64), **rs_hop)
+        if "rs-routes-onward" in faults:  # RS2 routes the frames it got on to its gateway, TTL - 1
+            m = svc & c2s & p0 & (rs == 1) & ~natr
+            emit(V_DIRR, m, 45 * US, int(RS_MACS[1]), GW_RS, cip, VIP, ttl0 - 2 - dec)
         if not nat:  # DR: replies leave the real server for the router (seen on RS1's own interface)
             m = (svc | (icmp & leak)) & s2c & (rs == 0) & ~natr
             emit(V_RS1, m, -20 * US, rs_mac, GW_RS, VIP, cip, 64)
@@ -1239,25 +1331,32 @@ def observe(P: dict, mode: str, rng: np.random.Generator, tun: str = "ipip", pro
 def attach_quotes(P: dict, O: dict, pool: Pool) -> dict:
     """ICMP errors quote the frame they are about: fill their payload with the bytes of the quoted
     packet as it left the director (p-dir-r), from its outer IPv4 header on (the real server's error)
-    or from its inner one (the director's relay), cut at ICMP_QUOTE bytes as Linux's icmp_send does."""
+    or from its inner one (the director's relay), cut at ICMP_QUOTE bytes as Linux's icmp_send does;
+    the director's own frag-needed (quote_inner 2, fault mtu) quotes the client's packet as it reached
+    the director (p-dir-c): its IP header and the first 8 bytes of TCP."""
     q = np.flatnonzero(P["quote_of"] >= 0)
     if len(q) == 0:
         return P
     at = np.full(len(P["kind"]), -1, dtype=np.int64)
     dr = np.flatnonzero(O["iface"] == V_DIRR)
     at[O["lidx"][dr]] = dr
-    obs = at[P["quote_of"][q]]
+    at_c = np.full(len(P["kind"]), -1, dtype=np.int64)   # quote_inner 2: as it reached the director (p-dir-c)
+    dc = np.flatnonzero(O["iface"] == V_DIRC)
+    at_c[O["lidx"][dc]] = dc
+    own = P["quote_inner"][q] == 2
+    obs = np.where(own, at_c[P["quote_of"][q]], at[P["quote_of"][q]])
     if (obs < 0).any():
-        raise AssertionError("attach_quotes: a quoted packet was not seen on p-dir-r")
+        raise AssertionError("attach_quotes: a quoted packet was not seen where its error quotes it")
     sub = {k: v[obs] for k, v in O.items()}
     B = build_headers(P, sub, pool)
     enc = sub["enc"].astype(np.int64) if "enc" in sub else np.zeros(len(obs), dtype=np.int64)
     starts, lens = [], []
     for i in range(len(q)):          # a few hundred bytes per ICMP error, only where the fault made them
-        skip = 14 + (int(ENC_LEN[enc[i]]) if P["quote_inner"][q[i]] else 0)
+        skip = 14 + (int(ENC_LEN[enc[i]]) if P["quote_inner"][q[i]] == 1 else 0)
         head = B.H[i, PRE + skip:PRE + int(B.hl[i])].tobytes()
         a = int(B.pl_start[i])
-        data = (head + pool.data[a:a + int(B.pl_len[i])])[:ICMP_QUOTE]
+        cut = 20 + 8 if own[i] else ICMP_QUOTE      # mtu: the IP header and 8 bytes of TCP
+        data = (head + pool.data[a:a + int(B.pl_len[i])])[:cut]
         off, n = pool.add(data)
         starts.append(off)
         lens.append(n)
@@ -1584,7 +1683,7 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     n_conn = max(8, frames // 45)
     while True:
         P, pool, K = gen_logical(seed, n_conn, mode, small, rate)
-        P = apply_passes(P, K, mode, seed, profile, faults, tun)
+        P = apply_passes(P, K, mode, seed, profile, faults, tun, pool)
         rng = np.random.default_rng([seed, 2])
         O = observe(P, mode, rng, tun=tun, profile=profile, faults=faults)
         got = len(O["lidx"])

@@ -277,7 +277,9 @@ def classify_legs(table: PacketTable, topo: Topology):
     del dr_hop, rs_by_mac
     no_l2 = to_vip & ~l2 & (at_rs | ((role == ROLE_CODES["director"]) & outgoing))
     put(no_l2, D_R, np.where(at_rs, mode_of_rs[rs_at], 0).astype(np.uint8), svc_to, rs_at)
-    put(to_vip, C_D, 0, svc_to, -1)
+    # a real server that sends the VIP's traffic on (it does not own the VIP and routes it) is
+    # not a client: those frames stay off the connection (rule DR105 looks at them)
+    put(to_vip & ~(l2 & from_rsmac), C_D, 0, svc_to, -1)
 
     # traffic from the VIP: the director's NAT reply, or the real server's direct reply
     rs_by_src_mac = _index_by_mac(eth_src, ep.rs_mac)

@@ -187,6 +187,17 @@ def _read_copies(df: pd.DataFrame):
     has_rewrite = rewrite.groupby(df["grp"]).transform("any")
     last = df["pos"] == df["n"] - 1
     dr = ~has_rewrite & last & (df["pos"] > 0) & (df["eth_dst"] != 0) & (df["eth_dst"] != first["eth_dst"])
+    # the DR hop is the director's: among same-address copies, the director is the MAC that hands
+    # them to several next hops (one per real server). When there is such a MAC, the DR hop of a
+    # group is its last copy from it, so that a real server routing the packet on (no VIP,
+    # ip_forward=1) adds no hop of its own
+    plain = ~has_rewrite & (df["pos"] > 0) & (df["eth_dst"] != 0)
+    fanout = df[plain].groupby("eth_src")["eth_dst"].nunique()
+    senders = set(fanout[fanout >= 2].index)
+    if senders:
+        by_sender = plain & df["eth_src"].isin(senders) & (df["eth_dst"] != first["eth_dst"])
+        last_by_sender = by_sender & ~by_sender.iloc[::-1].groupby(df["grp"].iloc[::-1]).cumsum().iloc[::-1].gt(1)
+        dr = last_by_sender
     # a MAC the director receives client SYNs on (the hop before a forwarded copy) is not a
     # real server's: a SYN whose last copy went there was dropped by the director, not forwarded
     fwd_first = df[(df["mode"] != "") | dr]
