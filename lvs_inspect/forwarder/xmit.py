@@ -926,6 +926,24 @@ def _grow(buf: bytearray, seg: _L4, n: int) -> None:
 
 # --------------------------------------------------------------------------- FullNAT
 
+def _fullnat_start(frame, name: str, csum, ttl_dec, mtu, icmp_src, icmp_ident):
+    """What both FullNAT directions do first: parse, refuse fragments and routed IPv6, copy the
+    frame, find the L4 header, then the TTL and MTU checks. Returns (l3, ver, hl, proto, end,
+    address size, buffer, segment, stop, result); ``stop`` means return ``result`` (an ICMP
+    error to send back, or None: dropped)."""
+    l3, et = _l2(frame)
+    ver, hl, proto, end, frag, mf, routed = _ip(frame, l3, et)
+    if frag or mf:
+        raise XmitError(f"{name}: an IP fragment (the director reassembles first)")
+    if routed:
+        raise XmitError(f"{name}: IPv6 routing header with segments left")
+    buf = _frame_start(frame, l3, end)
+    seg = _L4(buf, l3, ver, hl, proto, end, csum, name)
+    stop, res = _ttl_mtu(frame, buf, l3, ver, hl, proto, end, 0, ttl_dec, mtu, icmp_src,
+                         icmp_ident, forwarded=bool(ttl_dec))
+    return l3, ver, hl, proto, end, (4 if ver == 4 else 16), buf, seg, stop, res
+
+
 def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: int = 0,
                     toa: ToaVariant | None = None, toa_on: bool = False, remove_ts: bool = True,
                     ttl_dec: int = 0, src_mac=None, dst_mac=None, toa_full: str = "skip",
@@ -952,21 +970,12 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
     any option is added)."""
     if toa_full not in ("skip", "prune"):
         raise ValueError(f"toa_full must be 'skip' or 'prune', not {toa_full!r}")
-    l3, et = _l2(frame)
-    ver, hl, proto, end, frag, mf, routed = _ip(frame, l3, et)
-    if frag or mf:
-        raise XmitError("fullnat_request: an IP fragment (the director reassembles first)")
-    if routed:
-        raise XmitError("fullnat_request: IPv6 routing header with segments left")
-    size = 4 if ver == 4 else 16
-    la, ra = _addr(lip, size), _addr(rs_ip, size)
-    buf = _frame_start(frame, l3, end)
-    seg = _L4(buf, l3, ver, hl, proto, end, csum, "fullnat_request")
-    l4 = seg.l4
-    stop, res = _ttl_mtu(frame, buf, l3, ver, hl, proto, end, 0, ttl_dec, mtu, icmp_src,
-                         icmp_ident, forwarded=bool(ttl_dec))
+    l3, ver, hl, proto, end, size, buf, seg, stop, res = _fullnat_start(
+        frame, "fullnat_request", csum, ttl_dec, mtu, icmp_src, icmp_ident)
     if stop:
         return res
+    la, ra = _addr(lip, size), _addr(rs_ip, size)
+    l4 = seg.l4
     status = "off"
     if proto == TCP:
         flags = buf[l4 + 13]
@@ -1042,21 +1051,12 @@ def fullnat_reply(frame, vip, vport: int, cip, cport: int, *, seq_delta: int = 0
     IPv6; 0: no adjustment); TTL - ``ttl_dec``; checksums (SEMANTICS §1.4)."""
     if ttl_dec and icmp_src is None:
         icmp_src = _NO_ICMP
-    l3, et = _l2(frame)
-    ver, hl, proto, end, frag, mf, routed = _ip(frame, l3, et)
-    if frag or mf:
-        raise XmitError("fullnat_reply: an IP fragment (the director reassembles first)")
-    if routed:
-        raise XmitError("fullnat_reply: IPv6 routing header with segments left")
-    size = 4 if ver == 4 else 16
-    va, ca = _addr(vip, size), _addr(cip, size)
-    buf = _frame_start(frame, l3, end)
-    seg = _L4(buf, l3, ver, hl, proto, end, csum, "fullnat_reply")
-    l4 = seg.l4
-    stop, res = _ttl_mtu(frame, buf, l3, ver, hl, proto, end, 0, ttl_dec, mtu, icmp_src,
-                         icmp_ident, forwarded=bool(ttl_dec))
+    l3, ver, hl, proto, end, size, buf, seg, stop, res = _fullnat_start(
+        frame, "fullnat_reply", csum, ttl_dec, mtu, icmp_src, icmp_ident)
     if stop:
         return res
+    va, ca = _addr(vip, size), _addr(cip, size)
+    l4 = seg.l4
     if proto == TCP:
         flags = buf[l4 + 13]
         if mss_reduce and flags & SYN and flags & ACK:
