@@ -3,7 +3,8 @@
 
     python bench/make_trace.py --frames 1000000 --out bench/out/trace-1000000.pcapng [--seed 1]
                                [--mode nat|dr|tun|fullnat] [--tun ipip|gue|gre] [--profile dpvs|alibaba]
-                               [--fault NAME ...] [--small] [--rate N] [--format pcapng|pcap] [--split]
+                               [--fault NAME ...] [--small] [--rate N] [--persistence]
+                               [--format pcapng|pcap] [--split]
 
 The trace is what one dumpcap on the lab host would write while watching four veth ends:
 
@@ -131,6 +132,16 @@ rs-routes-onward     dr: RS2 has no VIP but ip_forward 1: every frame the direct
                      on-link).  The site router drops it (reverse-path filter: the clients are routed upstream), so
                      nothing answers: the clients retransmit the SYN 1, 3, 7 ... s after the first, each forwarded
                      and re-emitted again; DNS queries are repeated after 5 s.  RS2 resolves its gateway by ARP.
+persistence-broken   nat: the returning clients of --persistence (below), but the director ignores the persistence
+                     template (lost, or not applied): every connection is scheduled round robin on its own, so each
+                     returning client's 3-5 connections reach 2-4 different real servers.  Implies the returning
+                     clients; the same clients and connections as with --persistence, only the real servers differ.
+
+--persistence (nat) gives the HTTP service persistence (ipvsadm -p, template per client address): 8 clients
+(fewer below 40 connections) that appear nowhere else each open 3-5 connections spread over the trace (new
+source ports, TTL and everything else as any client), and every connection of such a client goes to the real
+server its first connection got; the round robin advances only for a client's first connection.  Without it
+each connection comes from a random one of 5000 clients (a repeat is rare) and the output is unchanged.
 
 --rate N (new TCP connections per second, default 3000; DNS and pings scale with it) sets how long a trace
 of --frames frames lasts: at 3000 a 1600-frame trace covers 0.15 s, at 12 about 4 s, long enough for the
@@ -248,7 +259,9 @@ FAULTS = {  # name: modes it applies to (documented in the module docstring)
     "rs-no-vip": ("dr", "tun"), "rs-down": ("dr", "tun"), "rs-masquerade": ("dr",),
     "not-encapsulated": ("tun",), "no-decap": ("tun",), "wrong-lip": ("fullnat",),
     "mss-not-lowered": ("fullnat",), "mtu": ("tun",), "rs-routes-onward": ("dr",),
+    "persistence-broken": ("nat",),
 }
+PERSIST_CLIENTS = 8                    # --persistence / persistence-broken: clients with 3-5 connections each
 TUN_PMTU = 1500                        # mtu: the director's path MTU toward the real servers
 UPLOAD = SEG                           # mtu: the first client segment of an upload, full size (IP length 1500)
 
@@ -408,12 +421,36 @@ def _grp_rank(keys: list[np.ndarray]) -> np.ndarray:
     return rank
 
 
-def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False, rate: int = RATE):
+def _returning_clients(prng: np.random.Generator, cl: np.ndarray, n_clients: int) -> np.ndarray:
+    """PERSIST_CLIENTS clients (not otherwise in cl) get 3-5 connections each, spread over the trace (new
+    source ports), in slots chosen so that plain round robin (conn % 4) gives every one of them at least
+    two real servers: the same clients in the healthy and the persistence-broken traces."""
+    C = len(cl)
+    npc = max(1, min(PERSIST_CLIENTS, C // 5))
+    spare = np.setdiff1d(np.arange(n_clients), cl)
+    who = prng.choice(spare, size=npc, replace=False)
+    n_each = prng.integers(3, 6, npc)
+    while n_each.sum() > C:
+        n_each = np.maximum(n_each - 1, 1)
+    owner = np.repeat(np.arange(npc), n_each)
+    while True:
+        slots = prng.choice(C, size=len(owner), replace=False)
+        spread = [len(np.unique(slots[owner == k] % 4)) for k in range(npc)]
+        if min(spread) >= min(2, C):
+            break
+    cl = cl.copy()
+    cl[slots] = who[owner]
+    return cl
+
+
+def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False, rate: int = RATE, persist: str = ""):
     """All packets once, at the director (td = time at the director, ns from the trace start).
 
     Returns the logical columns P, the payload pool and K, per-connection arrays (index = conn)
     that the fault and FullNAT passes need.  DNS exchanges and pings get conn ids after the TCP
-    connections (C + i and C + nd + i) so that their two packets can be paired."""
+    connections (C + i and C + nd + i) so that their two packets can be paired.  persist: "" (every
+    connection from its own random client), "sticky" (returning clients, --persistence) or "broken"
+    (returning clients scheduled plain round robin, --fault persistence-broken)."""
     rng = np.random.default_rng(seed)
     pool, (req_off, req_len), (rsp_off, rsp_len), (dq_off, dq_len), (dr_off, dr_len), ping = build_pool(rng, small)
     seg_max = FNAT_MSS if mode == "fullnat" else SEG   # FullNAT connections run without timestamps
@@ -424,10 +461,17 @@ def gen_logical(seed: int, n_conn: int, mode: str, small: bool = False, rate: in
     c_ip = CLIENT_NET + rng.choice(np.arange(1, 131_070, dtype=np.uint64), size=n_clients, replace=False)
     c_ttl0 = np.where(rng.random(n_clients) < 0.75, 64, 128) - rng.integers(4, 19, n_clients)
     cl = rng.integers(0, n_clients, C)
+    if persist:   # returning clients (their own generator: without persist nothing else changes)
+        cl = _returning_clients(np.random.default_rng([seed, 6]), cl, n_clients)
     cip = c_ip[cl]
     ttl0 = c_ttl0[cl].astype(np.uint8)
     cport = rng.integers(32768, 61000, C).astype(np.uint16)
     rs = (np.arange(C) % 4).astype(np.int8)                    # scheduler rr
+    if persist == "sticky":   # persistence template per client address: rr only for a client's first connection
+        _, first, inv = np.unique(cl, return_index=True, return_inverse=True)
+        new = np.zeros(C, dtype=bool)
+        new[first] = True
+        rs = ((np.cumsum(new) - 1)[first[inv.ravel()]] % 4).astype(np.int8)
     t0 = np.cumsum(rng.exponential(1e9 / float(rate), C)).astype(np.int64) + 5 * MS
     rtt_c = np.clip(rng.lognormal(np.log(20 * MS), 0.8, C), 1 * MS, 300 * MS).astype(np.int64)
     rtt_s = rng.integers(80 * US, 400 * US, C)
@@ -1657,8 +1701,11 @@ def write_frames(f, B: Built, pool: Pool, fmt: str, rows: np.ndarray, chunk: int
     return written
 
 
-def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=(), rate: int = RATE) -> None:
+def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=(), rate: int = RATE,
+                  persistence: bool = False) -> None:
     """ValueError naming the first option that does not fit."""
+    if persistence and mode != "nat":
+        raise ValueError(f"--persistence applies to --mode nat, not {mode}")
     if not 1 <= rate <= 1_000_000:
         raise ValueError(f"--rate {rate}: new connections per second must be 1-1000000")
     if mode not in ("nat", "dr", "tun", "fullnat"):
@@ -1676,13 +1723,14 @@ def check_options(mode: str, tun: str = "ipip", profile: str = "dpvs", faults=()
 
 def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str = "pcapng",
                split: bool = False, quiet: bool = False, *, tun: str = "ipip", profile: str = "dpvs",
-               faults=(), small: bool = False, rate: int = RATE) -> dict:
+               faults=(), small: bool = False, rate: int = RATE, persistence: bool = False) -> dict:
     faults = tuple(dict.fromkeys(faults))
-    check_options(mode, tun, profile, faults, rate)
+    check_options(mode, tun, profile, faults, rate, persistence)
+    persist = "broken" if "persistence-broken" in faults else "sticky" if persistence else ""
     t_begin = time.perf_counter()
     n_conn = max(8, frames // 45)
     while True:
-        P, pool, K = gen_logical(seed, n_conn, mode, small, rate)
+        P, pool, K = gen_logical(seed, n_conn, mode, small, rate, persist)
         P = apply_passes(P, K, mode, seed, profile, faults, tun, pool)
         rng = np.random.default_rng([seed, 2])
         O = observe(P, mode, rng, tun=tun, profile=profile, faults=faults)
@@ -1701,7 +1749,8 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     files = []
     what = f"mode={mode}" + (f" tun={tun}" if mode == "tun" else "") + \
         (f" profile={profile}" if mode == "fullnat" else "") + "".join(f" fault={x}" for x in faults) + \
-        (f" rate={rate}" if rate != RATE else "") + (" small" if small else "")
+        (f" rate={rate}" if rate != RATE else "") + (" persistence" if persistence else "") + \
+        (" small" if small else "")
     comment = None if what == f"mode={mode}" and mode in ("nat", "dr") else \
         f"bench/make_trace.py {what} seed={seed} frames={frames}"
     if fmt == "pcapng":
@@ -1726,7 +1775,7 @@ def make_trace(out: str, frames: int, seed: int = 1, mode: str = "nat", fmt: str
     info = {
         "files": files, "frames": frames, "format": fmt, "mode": mode, "seed": seed, "bytes": size,
         "tun": tun if mode == "tun" else None, "profile": profile if mode == "fullnat" else None,
-        "faults": list(faults), "small": small, "rate": rate,
+        "faults": list(faults), "small": small, "rate": rate, "persistence": persistence,
         "avg_frame_bytes": round(float(B.caplen.mean()), 1),
         "per_interface": dict(zip(VANTAGES, np.bincount(B.iface, minlength=4).tolist())),
         "tcp_connections": int(len(np.unique(P["conn"][O["lidx"]][P["kind"][O["lidx"]] == K_TCP]))),
@@ -1761,6 +1810,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=RATE,
                     help=f"new TCP connections per second (default {RATE}; DNS and pings scale with it): a low "
                          "rate makes a short trace span seconds, so that 1 s / 3 s retransmissions fit in it")
+    ap.add_argument("--persistence", action="store_true",
+                    help="with --mode nat: returning clients, each one's connections kept on one real server "
+                         "(a persistent service); see the module docstring")
     ap.add_argument("--format", choices=("pcapng", "pcap"), default="pcapng",
                     help="pcapng: one file, one interface per vantage point; pcap: classic nanosecond pcap "
                          "(all vantage points in one file unless --split)")
@@ -1776,11 +1828,11 @@ def main(argv=None) -> int:
     if a.profile != "dpvs" and a.mode != "fullnat":
         ap.error("--profile goes with --mode fullnat")
     try:
-        check_options(a.mode, a.tun, a.profile, a.fault, a.rate)
+        check_options(a.mode, a.tun, a.profile, a.fault, a.rate, a.persistence)
     except ValueError as e:
         ap.error(str(e))
     make_trace(a.out, a.frames, a.seed, a.mode, a.format, a.split, tun=a.tun, profile=a.profile,
-               faults=a.fault, small=a.small, rate=a.rate)
+               faults=a.fault, small=a.small, rate=a.rate, persistence=a.persistence)
     return 0
 
 

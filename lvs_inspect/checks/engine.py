@@ -82,7 +82,7 @@ def _row_names() -> dict:
         "service.vip": Var("addr", absent=0), "service.port": "int",
         "profile.ttl_decrement": "int", "profile.ttl_reply_decrement": "int",
         "toa.kind": Var("int", absent=0), "toa.length": Var("int", absent=0),
-        "tun.type": "str", "tun.port": "int",
+        "tun.type": "str", "tun.port": "int", "service.persistence": "int",
     }
 
 
@@ -107,6 +107,8 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
     conn.update({"cip": "addr", "cport": "int", "vip": "addr", "vport": "int", "proto": "int",
                  "state": STATE, "history": "str", "first_ns": "int", "last_ns": "int", "duration_ms": "float",
                  "seq_delta": Var("int", absent=-1),
+                 "persistence.switched": "bool", "persistence.previous_server": Var("addr", absent=0),
+                 "persistence.gap_s": "float",
                  "syn_retries": "int"})
     for leg in LEGS[1:]:
         conn[f"packets.{leg.replace('-', '_')}"] = "int"
@@ -204,6 +206,7 @@ class _Ctx:
             "tun.type": lambda: np.array([(r.tun.value if r.tun else "ipip") for r in rs_objs] + [""],
                                          dtype=object)[rs],
             "tun.port": lambda: ext([r.tun_port or 0 for r in rs_objs], 0)[rs],
+            "service.persistence": lambda: ext([sv.persistence for sv in ep.services], 0)[svc],
         }
 
     def env(self, makers: dict, n: int, present=None) -> Env:
@@ -332,12 +335,54 @@ def _conn_env(ctx: _Ctx) -> Env:
     makers["state"] = lambda: np.array([STATES.index(s) for s in c["state"]], dtype=np.int64)
     makers["duration_ms"] = lambda: (c["last_ns"] - c["first_ns"]).to_numpy() / 1e6
     makers["syn_retries"] = lambda: np.maximum(c["c_syn"].to_numpy() - 1, 0)
+    persist = _Lazy({"all": lambda: _persistence(ctx)})
+    makers["persistence.switched"] = lambda: persist["all"][0]
+    makers["persistence.previous_server"] = lambda: persist["all"][1]
+    makers["persistence.gap_s"] = lambda: persist["all"][2]
     for leg in LEGS[1:]:
         k = leg.replace("-", "_")
         makers[f"packets.{k}"] = (lambda k=k: c[f"pk_{k}"].to_numpy())
         makers[f"bytes.{k}"] = (lambda k=k: c[f"by_{k}"].to_numpy())
     makers.update(ctx.per_row(c["rs"].to_numpy(), c["svc"].to_numpy(), c["mode"].to_numpy()))
     return ctx.env(makers, len(c))
+
+
+def _persistence(ctx: _Ctx):
+    """Per connection of a persistent service: did it go to another real server than the same
+    client's previous connection, while the persistence template was still alive? The kernel
+    keeps a template for ``persistence`` seconds after the client's last new connection, so
+    each connection is compared with the one before it (the client masked by the service's
+    persistence netmask). Returns (switched, previous server's address, gap in seconds)."""
+    c, ep = ctx.flows.connections, ctx.flows.endpoints
+    n = len(c)
+    switched = np.zeros(n, dtype=bool)
+    prev_ip = np.zeros(n, dtype=np.uint64)
+    gap = np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return switched, prev_ip, gap
+    svc = c["svc"].to_numpy().astype(np.int64)
+    persist = np.array([s.persistence for s in ep.services] + [0], dtype=np.int64)[svc]
+    prefix = np.array([(s.persistence_prefix if s.persistence_prefix is not None else 128)
+                       for s in ep.services] + [128], dtype=np.int64)[svc]
+    cip = c["cip"].to_numpy().astype(np.uint64)
+    v4 = (cip >> np.uint64(63)) == 0
+    keep = np.clip(np.where(v4, 32 - np.minimum(prefix, 32), 0), 0, 32).astype(np.uint64)
+    ckey = np.where(v4, (cip >> keep) << keep, cip)      # IPv6: the whole address (its own key)
+    rows = np.flatnonzero((persist > 0) & (c["c_syn"].to_numpy() > 0) & (c["rs"].to_numpy() >= 0))
+    if len(rows) < 2:
+        return switched, prev_ip, gap
+    first = c["first_ns"].to_numpy()
+    order = rows[np.lexsort((first[rows], ckey[rows], svc[rows]))]
+    same = (svc[order][1:] == svc[order][:-1]) & (ckey[order][1:] == ckey[order][:-1])
+    dt = (first[order][1:] - first[order][:-1]) / 1e9
+    rs = c["rs"].to_numpy()
+    alive = same & (dt <= persist[order][1:])
+    moved = alive & (rs[order][1:] != rs[order][:-1])
+    cur, prv = order[1:][moved], order[:-1][moved]
+    switched[cur] = True
+    prev_ip[cur] = ep.rs_ip[rs[prv]]
+    gap[order[1:][same]] = dt[same]
+    return switched, prev_ip, gap
 
 
 def _arp_env(ctx: _Ctx):
