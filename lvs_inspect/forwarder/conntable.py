@@ -417,12 +417,7 @@ class ConnTable:
         the director would have chosen itself."""
         if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
             raise ValueError(f"protocol {proto}: the connection table holds TCP (6) and UDP (17)")
-        if now < self.clock:
-            now = self.clock
-        else:
-            self.clock = now
-        if self._heap and self._heap[0][0] <= now:
-            self.advance(now)
+        now = self._tick(now)
         if type(caddr) is not int:
             caddr = addr_int(caddr)
         if type(vaddr) is not int:
@@ -475,16 +470,22 @@ class ConnTable:
             self._arm(cp, now)
         return Verdict.NEW, cp
 
-    def packet_out(self, now: float, af: int, proto: int, raddr, rport: int, daddr, dport: int,
-                   tcp_flags: int = 0) -> Conn | None:
-        """A real server's reply reaching the director (NAT, FullNAT): its entry, updated, or
-        None when the director has none (the kernel lets such a packet through untouched)."""
+    def _tick(self, now: float) -> float:
+        """The clock never goes back (a timestamp earlier than the latest counts as the latest);
+        entries due by then expire first."""
         if now < self.clock:
             now = self.clock
         else:
             self.clock = now
         if self._heap and self._heap[0][0] <= now:
             self.advance(now)
+        return now
+
+    def packet_out(self, now: float, af: int, proto: int, raddr, rport: int, daddr, dport: int,
+                   tcp_flags: int = 0) -> Conn | None:
+        """A real server's reply reaching the director (NAT, FullNAT): its entry, updated, or
+        None when the director has none (the kernel lets such a packet through untouched)."""
+        now = self._tick(now)
         if type(raddr) is not int:
             raddr = addr_int(raddr)
         if type(daddr) is not int:

@@ -926,6 +926,16 @@ def _grow(buf: bytearray, seg: _L4, n: int) -> None:
 
 # --------------------------------------------------------------------------- FullNAT
 
+def _set_addrs(buf: bytearray, l3: int, ver: int, src: bytes, dst: bytes) -> None:
+    """Write the IP source and destination (checksums are the caller's)."""
+    if ver == 4:
+        buf[l3 + 12:l3 + 16] = src
+        buf[l3 + 16:l3 + 20] = dst
+    else:
+        buf[l3 + 8:l3 + 24] = src
+        buf[l3 + 24:l3 + 40] = dst
+
+
 def _fullnat_start(frame, name: str, csum, ttl_dec, mtu, icmp_src, icmp_ident):
     """What both FullNAT directions do first: parse, refuse fragments and routed IPv6, copy the
     frame, find the L4 header, then the TTL and MTU checks. Returns (l3, ver, hl, proto, end,
@@ -992,12 +1002,7 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
         if ack_delta:
             _add32(buf, l4 + 8, -ack_delta)
             _adjust_sack(buf, l4, ack_delta)
-    if ver == 4:
-        buf[l3 + 12:l3 + 16] = la
-        buf[l3 + 16:l3 + 20] = ra
-    else:
-        buf[l3 + 8:l3 + 24] = la
-        buf[l3 + 24:l3 + 40] = ra
+    _set_addrs(buf, l3, ver, la, ra)
     buf[l4:l4 + 4] = struct.pack("!HH", lport, rs_port)
     seg.finish(buf)
     _set_macs(buf, src_mac, dst_mac)
@@ -1066,12 +1071,7 @@ def fullnat_reply(frame, vip, vport: int, cip, cport: int, *, seq_delta: int = 0
         if seq_delta:
             _add32(buf, l4 + 8, -seq_delta)
             _adjust_sack(buf, l4, seq_delta)
-    if ver == 4:
-        buf[l3 + 12:l3 + 16] = va
-        buf[l3 + 16:l3 + 20] = ca
-    else:
-        buf[l3 + 8:l3 + 24] = va
-        buf[l3 + 24:l3 + 40] = ca
+    _set_addrs(buf, l3, ver, va, ca)
     buf[l4:l4 + 4] = struct.pack("!HH", vport, cport)
     seg.finish(buf)
     _set_macs(buf, src_mac, dst_mac)
