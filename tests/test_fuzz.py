@@ -370,7 +370,7 @@ def cli_dir(tmp_path_factory):
 
 
 def _cli(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lvs_inspect.cli", "frames", str(path), "--summary"],
+    return subprocess.run([sys.executable, "-m", "lvs_inspect", "frames", str(path), "--summary"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
