@@ -102,7 +102,9 @@ def child_stages(path: str) -> dict:
             stages[name] = {"seconds": time.perf_counter() - t, "rss_before_mb": before,
                             "peak_rss_mb": _vm("VmHWM") if resettable else None}
 
-    def progress(msg: str):
+    def progress(msg: str, fraction: float | None = None):
+        if current and current[-1][0] == names.get(msg, msg):
+            return          # the same stage, further along
         close()
         resettable = _reset_peak()
         current.append((names.get(msg, msg), time.perf_counter(), _vm("VmRSS"), resettable))

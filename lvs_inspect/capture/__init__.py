@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
-from typing import BinaryIO, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -24,16 +26,22 @@ class TraceReader:
 
     Damage notes and capture statistics of an input are complete once it is exhausted.
     ``stop`` is an optional ``threading.Event``: when set, reading ends after the current chunk.
+    ``progress`` is called after every chunk with the fraction of the input bytes read so far
+    (``None`` when an input is a stream, whose size is unknown).
     """
 
     def __init__(self, paths: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK,
                  toa_kinds: Sequence[int] = (254, 253, 200), gue_ports: Sequence[int] = (6080,),
-                 checksums: bool = True, stdin: BinaryIO | None = None, stop=None):
+                 checksums: bool = True, stdin: BinaryIO | None = None, stop=None,
+                 progress: Callable[[float | None], None] | None = None):
         self.paths = [str(p) for p in paths]
         self.chunk_bytes = chunk_bytes
         self.opts = DecodeOptions(tuple(toa_kinds), tuple(gue_ports), checksums)
         self.stdin = stdin
         self.stop = stop
+        self.progress = progress
+        self.total_bytes = _total_size(self.paths)
+        self._done_bytes = 0
         self.book = AddressBook()
         self.vantages: list = []
         self.inputs: list[InputSummary] = []
@@ -49,16 +57,34 @@ class TraceReader:
                     core, sparse, opt = decode_batch(batch, self.vantages, self.book, self.opts)
                     yield PacketTable(len(batch.data_off), core, sparse, opt, self.vantages, self.book,
                                       self.inputs)
+                if self.progress is not None:
+                    self.progress(self.fraction(rec))
                 if self.stop is not None and self.stop.is_set():
                     return
             summary.damage = rec.damage
             summary.stats = rec.stats
+            if self.total_bytes is not None:
+                self._done_bytes += os.path.getsize(path)
+
+    def fraction(self, current=None) -> float | None:
+        """How much of the inputs has been read, 0..1 (None when an input is a stream)."""
+        if not self.total_bytes:
+            return None
+        pos = current.position() if current is not None else 0
+        return min(1.0, (self._done_bytes + (pos or 0)) / self.total_bytes)
 
     def empty(self) -> PacketTable:
         core = {name: empty_column(name, 0) for name in CORE_COLUMNS}
         sparse = {g: empty_group(g) for g in ("arp", "tun", "icmp")}
         return PacketTable(0, core, sparse, np.zeros(0, dtype=np.uint8), self.vantages, self.book,
                            self.inputs)
+
+
+def _total_size(paths: Sequence[str]) -> int | None:
+    try:
+        return sum(os.path.getsize(p) for p in paths) if "-" not in paths else None
+    except OSError:
+        return None       # open_input names the missing file
 
 
 def iter_tables(paths: Sequence[str], **kwargs) -> Iterator[PacketTable]:

@@ -783,6 +783,13 @@ class InputRecords:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def position(self) -> int | None:
+        """Bytes of the file read so far (compressed bytes for gzip); None for a stream."""
+        try:
+            return self._fh.tell() if self._fh is not None else None
+        except (OSError, AttributeError, ValueError):
+            return None
+
     def close(self) -> None:
         if self._owns_fh and self._fh is not None:
             self._fh.close()

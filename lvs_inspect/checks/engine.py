@@ -484,25 +484,58 @@ def _group(rule: Rule, env: Env, hits: np.ndarray, keys_at: Callable[[np.ndarray
     return out
 
 
+@dataclass
+class Analysis:
+    """Everything an audit produced, for the renderers that need more than the findings (the TUI,
+    the live monitor): the table, the topology used, the stitched flows, the findings and the
+    result the reports render."""
+    table: PacketTable
+    topology: Topology
+    flows: Flows
+    findings: list[Finding]
+    result: AuditResult
+
+
+Progress = Callable[..., None]      # progress(stage: str, fraction: float | None = None)
+
+
 def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: Topology | None = None,
           rule_dirs: Sequence[str | Path] = (), select: str | None = None, ignore: str | None = None,
           toa_kinds: Sequence[int] = (254, 253, 200), gue_ports: Sequence[int] = (6080,), stdin=None,
-          progress: Callable[[str], None] | None = None) -> AuditResult:
-    say = progress or (lambda _msg: None)
-    say("reading")
-    table = read_table(traces, toa_kinds=toa_kinds, gue_ports=gue_ports, stdin=stdin)
+          progress: Progress | None = None) -> AuditResult:
+    """Read the traces and analyse them; see :func:`analyse`."""
+    say = progress or (lambda *_a: None)
+    say("reading", 0.0)
+    table = read_table(traces, toa_kinds=toa_kinds, gue_ports=gue_ports, stdin=stdin,
+                       progress=lambda frac: say("reading", frac))
+    return analyse(table, topology_path=topology_path, topology=topology, rule_dirs=rule_dirs, select=select,
+                   ignore=ignore, toa_kinds=toa_kinds, progress=progress, label=", ".join(traces)).result
+
+
+def analyse(table: PacketTable, *, topology_path: str | None = None, topology: Topology | None = None,
+            rule_dirs: Sequence[str | Path] = (), select: str | None = None, ignore: str | None = None,
+            toa_kinds: Sequence[int] = (254, 253, 200), progress: Progress | None = None,
+            label: str = "the trace", rules: Sequence[Rule] | None = None) -> Analysis:
+    """Stitch and check a table already read. Without a topology it is inferred (``result.topology``
+    says "inferred"); a topology that leaves capture points unplaced gets their roles inferred.
+    ``rules`` (already loaded and selected) skips loading the rule files, for callers that analyse
+    many windows."""
+    say = progress or (lambda *_a: None)
     topo_origin = None
     if topology is None and topology_path:
         topology = load_topology(topology_path)
         topo_origin = topology_path
+    elif topology is not None:
+        topo_origin = topology.source or "given"
+    if topology is not None:
         topology = _learn_missing_roles(table, topology, say)
-    if topology is None:
+    else:
         from ..topology.infer import infer_topology
         say("inferring the topology")
         try:
             topology = infer_topology(table, source="inferred")
         except ValueError as e:
-            raise InputError(", ".join(traces), f"{e}; give a topology with -t") from None
+            raise InputError(label, f"{e}; give a topology with -t") from None
         topo_origin = "inferred"
     # each stage frees its temporaries before the next one starts: hand their pages back, so
     # that the peak is the live data of one stage, not the sum of what every stage left behind
@@ -512,12 +545,11 @@ def audit(traces: Sequence[str], *, topology_path: str | None = None, topology: 
     release_freed_memory()
     all_kinds = tuple(sorted(set(toa_kinds) | {s.toa.kind for s in topology.services if s.toa}))
     ctx = _Ctx(table, topology, flows, all_kinds)
-    ns = namespaces(table.addr_key)
-    rules = load_rules([rules_dir(), *rule_dirs], ns)
-    rules = select_rules(rules, select, ignore)
+    if rules is None:
+        rules = select_rules(load_rules([rules_dir(), *rule_dirs], namespaces(table.addr_key)), select, ignore)
     say("checking")
     findings = evaluate(ctx, rules)
-    return _result(table, topology, flows, findings, topo_origin)
+    return Analysis(table, topology, flows, findings, _result(table, topology, flows, findings, topo_origin))
 
 
 def _learn_missing_roles(table: PacketTable, topology: Topology, say) -> Topology:

@@ -32,9 +32,9 @@ def run(args) -> int:
 
     show = sys.stderr.isatty() and not args.no_progress
 
-    def progress(msg: str) -> None:
+    def progress(stage: str, fraction: float | None = None) -> None:
         if show:
-            print(f"\rlvs-inspect: {msg}...\033[K", end="", file=sys.stderr, flush=True)
+            print(f"\r{progress_line(stage, fraction)}\033[K", end="", file=sys.stderr, flush=True)
 
     kw = reader_kwargs(args)
     result = audit(args.traces, topology_path=args.topology, rule_dirs=args.rules, select=args.select,
@@ -56,3 +56,15 @@ def run(args) -> int:
     else:
         sys.stdout.write(text)
     return exit_code(result, args.fail_on)
+
+
+BAR = 30
+
+
+def progress_line(stage: str, fraction: float | None) -> str:
+    """``lvs-inspect: reading [#########.....................]  31%`` (a bar while the share of the
+    input read is known, the stage name alone after that)."""
+    if fraction is None:
+        return f"lvs-inspect: {stage}..."
+    done = int(round(max(0.0, min(1.0, fraction)) * BAR))
+    return f"lvs-inspect: {stage} [{'#' * done}{'.' * (BAR - done)}] {fraction * 100:3.0f}%"
