@@ -42,6 +42,7 @@ class TraceReader:
         self.progress = progress
         self.total_bytes = _total_size(self.paths)
         self._done_bytes = 0
+        self._current = None
         self.book = AddressBook()
         self.vantages: list = []
         self.inputs: list[InputSummary] = []
@@ -52,25 +53,27 @@ class TraceReader:
             summary = InputSummary(path=path, format=rec.format, compressed=rec.compressed,
                                    damage=rec.damage, stats=rec.stats)
             self.inputs.append(summary)
+            self._current = rec
             for batch in rec:
                 if len(batch.data_off):
                     core, sparse, opt = decode_batch(batch, self.vantages, self.book, self.opts)
                     yield PacketTable(len(batch.data_off), core, sparse, opt, self.vantages, self.book,
                                       self.inputs)
                 if self.progress is not None:
-                    self.progress(self.fraction(rec))
+                    self.progress(self.fraction())
                 if self.stop is not None and self.stop.is_set():
                     return
             summary.damage = rec.damage
             summary.stats = rec.stats
+            self._current = None
             if self.total_bytes is not None:
                 self._done_bytes += os.path.getsize(path)
 
-    def fraction(self, current=None) -> float | None:
+    def fraction(self) -> float | None:
         """How much of the inputs has been read, 0..1 (None when an input is a stream)."""
         if not self.total_bytes:
             return None
-        pos = current.position() if current is not None else 0
+        pos = self._current.position() if self._current is not None else 0
         return min(1.0, (self._done_bytes + (pos or 0)) / self.total_bytes)
 
     def empty(self) -> PacketTable:
