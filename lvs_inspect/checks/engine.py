@@ -82,7 +82,7 @@ def _row_names() -> dict:
         "service.vip": Var("addr", absent=0), "service.port": "int",
         "profile.ttl_decrement": "int", "profile.ttl_reply_decrement": "int",
         "toa.kind": Var("int", absent=0), "toa.length": Var("int", absent=0),
-        "tun.type": "str", "tun.port": "int", "service.persistence": "int",
+        "tun.type": "str", "tun.port": "int", "service.persistence": "int", "service.scheduler": "str",
     }
 
 
@@ -100,7 +100,7 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
         for side in ("in", "out"):
             pair[f"{side}.{col}"] = _column_kind(col)
     pair.update({"in.role": ROLE, "out.role": ROLE})
-    pair.update({"matched": "bool", "handshake_ack": "bool", "cip": "addr", "cport": "int", "vip": "addr",
+    pair.update({"matched": "bool", "handshake_ack": "bool", "before_server_data": "bool", "cip": "addr", "cport": "int", "vip": "addr",
                  "vport": "int"})
     conn = dict(common)
     conn.update(_row_names())
@@ -109,6 +109,7 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
                  "seq_delta": Var("int", absent=-1),
                  "persistence.switched": "bool", "persistence.previous_server": Var("addr", absent=0),
                  "persistence.gap_s": "float",
+                 "hash.moved": "bool", "hash.previous_server": Var("addr", absent=0), "hash.gap_s": "float",
                  "syn_retries": "int"})
     for leg in LEGS[1:]:
         conn[f"packets.{leg.replace('-', '_')}"] = "int"
@@ -123,7 +124,8 @@ def namespaces(addr_key: Callable | None = None) -> dict[str, Namespace]:
     service.update({"service.vip": "addr", "service.port": "int", "service.scheduler": "str",
                     "service.persistence": "int", "rs.ip": "addr", "real_server": "addr", "rs.port": "int",
                     "rs.weight": "int", "rs.mode": MODE, "connections": "int", "total": "int",
-                    "share": "float", "expected_share": "float", "bytes.director": "int", "servers": "int"})
+                    "share": "float", "expected_share": "float", "bytes.director": "int", "servers": "int",
+                    "bytes.requests": "int", "bytes.replies": "int", "reply_ratio": "float"})
     return {scope: Namespace(names, addr_key=addr_key, title=scope)
             for scope, names in (("packet", packet), ("pair", pair), ("connection", conn), ("arp", arp),
                                  ("service", service))}
@@ -207,6 +209,7 @@ class _Ctx:
                                          dtype=object)[rs],
             "tun.port": lambda: ext([r.tun_port or 0 for r in rs_objs], 0)[rs],
             "service.persistence": lambda: ext([sv.persistence for sv in ep.services], 0)[svc],
+            "service.scheduler": lambda: np.array([sv.scheduler for sv in ep.services] + [""], dtype=object)[svc],
         }
 
     def env(self, makers: dict, n: int, present=None) -> Env:
@@ -321,6 +324,7 @@ def _pair_env(ctx: _Ctx, leg_in: str, leg_out: str):
                               conns["mode"].to_numpy()[cidx]))
     makers.update({"matched": lambda: matched,
                    "handshake_ack": lambda: _handshake_ack(f)[p.in_row],
+                   "before_server_data": lambda: _before_server_data(f)[p.in_row],
                    "cip": lambda: conns["cip"].to_numpy()[cidx], "cport": lambda: conns["cport"].to_numpy()[cidx],
                    "vip": lambda: conns["vip"].to_numpy()[cidx], "vport": lambda: conns["vport"].to_numpy()[cidx]})
     return ctx.env(makers, len(p), present={"out": matched}), p
@@ -339,6 +343,10 @@ def _conn_env(ctx: _Ctx) -> Env:
     makers["persistence.switched"] = lambda: persist["all"][0]
     makers["persistence.previous_server"] = lambda: persist["all"][1]
     makers["persistence.gap_s"] = lambda: persist["all"][2]
+    hashed = _Lazy({"all": lambda: _hash_moves(ctx)})
+    makers["hash.moved"] = lambda: hashed["all"][0]
+    makers["hash.previous_server"] = lambda: hashed["all"][1]
+    makers["hash.gap_s"] = lambda: hashed["all"][2]
     for leg in LEGS[1:]:
         k = leg.replace("-", "_")
         makers[f"packets.{k}"] = (lambda k=k: c[f"pk_{k}"].to_numpy())
@@ -353,6 +361,29 @@ def _persistence(ctx: _Ctx):
     keeps a template for ``persistence`` seconds after the client's last new connection, so
     each connection is compared with the one before it (the client masked by the service's
     persistence netmask). Returns (switched, previous server's address, gap in seconds)."""
+    services = ctx.flows.endpoints.services
+    window = [float(s.persistence) for s in services]
+    prefix = [s.persistence_prefix if s.persistence_prefix is not None else 128 for s in services]
+    return _client_moves(ctx, window, prefix)
+
+
+HASH_SCHEDULERS = {"sh": "sh-port", "mh": "mh-port"}     # scheduler: the flag that hashes the port too
+
+
+def _hash_moves(ctx: _Ctx):
+    """Per connection of a source-hashing service (sh, mh without their port flag): did it go to
+    another real server than the same client address's previous connection? The hash of the
+    address picks the server as long as the server set does not change, at any distance in time."""
+    services = ctx.flows.endpoints.services
+    window = [float("inf") if s.scheduler in HASH_SCHEDULERS and HASH_SCHEDULERS[s.scheduler] not in s.sched_flags
+              else 0.0 for s in services]
+    return _client_moves(ctx, window, [128] * len(services))
+
+
+def _client_moves(ctx: _Ctx, window_s: Sequence[float], prefix_bits: Sequence[int]):
+    """The connections that went to another real server than the previous connection of the same
+    client (address masked to ``prefix_bits`` of its service) within ``window_s`` seconds of it
+    (services with window 0 are left out). Returns (moved, previous server's address, gap in s)."""
     c, ep = ctx.flows.connections, ctx.flows.endpoints
     n = len(c)
     switched = np.zeros(n, dtype=bool)
@@ -361,14 +392,13 @@ def _persistence(ctx: _Ctx):
     if n == 0:
         return switched, prev_ip, gap
     svc = c["svc"].to_numpy().astype(np.int64)
-    persist = np.array([s.persistence for s in ep.services] + [0], dtype=np.int64)[svc]
-    prefix = np.array([(s.persistence_prefix if s.persistence_prefix is not None else 128)
-                       for s in ep.services] + [128], dtype=np.int64)[svc]
+    window = np.array([*window_s, 0.0], dtype=np.float64)[svc]
+    prefix = np.array([*prefix_bits, 128], dtype=np.int64)[svc]
     cip = c["cip"].to_numpy().astype(np.uint64)
     v4 = (cip >> np.uint64(63)) == 0
     keep = np.clip(np.where(v4, 32 - np.minimum(prefix, 32), 0), 0, 32).astype(np.uint64)
     ckey = np.where(v4, (cip >> keep) << keep, cip)      # IPv6: the whole address (its own key)
-    rows = np.flatnonzero((persist > 0) & (c["c_syn"].to_numpy() > 0) & (c["rs"].to_numpy() >= 0))
+    rows = np.flatnonzero((window > 0) & (c["c_syn"].to_numpy() > 0) & (c["rs"].to_numpy() >= 0))
     if len(rows) < 2:
         return switched, prev_ip, gap
     first = c["first_ns"].to_numpy()
@@ -376,7 +406,7 @@ def _persistence(ctx: _Ctx):
     same = (svc[order][1:] == svc[order][:-1]) & (ckey[order][1:] == ckey[order][:-1])
     dt = (first[order][1:] - first[order][:-1]) / 1e9
     rs = c["rs"].to_numpy()
-    alive = same & (dt <= persist[order][1:])
+    alive = same & (dt <= window[order][1:])
     moved = alive & (rs[order][1:] != rs[order][:-1])
     cur, prv = order[1:][moved], order[:-1][moved]
     switched[cur] = True
@@ -407,11 +437,17 @@ def _service_table(ctx: _Ctx) -> pd.DataFrame:
     by_dir = (c["by_client_director"] + c["by_director_rs"] + c["by_rs_director"] + c["by_director_client"]) \
         if len(c) else pd.Series(dtype=np.int64)
     bytes_rs = by_dir.groupby(c["rs"]).sum() if len(c) else pd.Series(dtype=np.int64)
+    # what went through the director each way, counted once however many of its legs were captured
+    req = np.maximum(c["by_client_director"], c["by_director_rs"]).groupby(c["rs"]).sum() if len(c) \
+        else pd.Series(dtype=np.int64)
+    rep = np.maximum(c["by_rs_director"], c["by_director_client"]).groupby(c["rs"]).sum() if len(c) \
+        else pd.Series(dtype=np.int64)
     rows = []
     for i, (si, rs) in enumerate(ep.real_servers):
         rows.append({"svc": si, "rs": i, "connections": int(counts.get(i, 0)), "weight": rs.weight,
-                     "bytes": int(bytes_rs.get(i, 0))})
-    df = pd.DataFrame(rows, columns=["svc", "rs", "connections", "weight", "bytes"])
+                     "bytes": int(bytes_rs.get(i, 0)), "requests": int(req.get(i, 0)),
+                     "replies": int(rep.get(i, 0))})
+    df = pd.DataFrame(rows, columns=["svc", "rs", "connections", "weight", "bytes", "requests", "replies"])
     if df.empty:
         return df
     df["total"] = df.groupby("svc")["connections"].transform("sum")
@@ -442,6 +478,8 @@ def _service_env(ctx: _Ctx):
         "connections": lambda: df["connections"].to_numpy(), "total": lambda: df["total"].to_numpy(),
         "share": lambda: df["share"].to_numpy(), "expected_share": lambda: df["expected_share"].to_numpy(),
         "bytes.director": lambda: df["bytes"].to_numpy(), "servers": lambda: df["servers"].to_numpy(),
+        "bytes.requests": lambda: df["requests"].to_numpy(), "bytes.replies": lambda: df["replies"].to_numpy(),
+        "reply_ratio": lambda: df["replies"].to_numpy() / np.maximum(df["requests"].to_numpy(), 1),
     }
     return ctx.env(makers, n), df
 

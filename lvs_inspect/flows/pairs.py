@@ -27,7 +27,7 @@ from .legs import LEG_CODES, MODE_CODES, ROLE_CODES
 #: columns carried for both sides of a pair (prefixed "in_" and "out_")
 PAIR_COLUMNS = ("ts_ns", "eth_src", "eth_dst", "ip_src", "ip_dst", "ip_ttl", "ip_id", "ip_frag", "ip_tos",
                 "ip_len", "ip_proto", "sport", "dport", "tcp_flags", "tcp_seq", "tcp_ack", "tcp_win", "tcp_mss",
-                "tcp_opts", "toa_kind", "toa_len", "toa_port", "toa_addr", "payload_len", "payload_digest",
+                "tcp_hlen", "tcp_opts", "toa_kind", "toa_len", "toa_port", "toa_addr", "payload_len", "payload_digest",
                 "tun", "out_src", "out_dst", "out_ttl", "out_frag", "out_tos", "out_dport", "l4_csum", "ip_csum")
 #: the fields the director keeps, besides the connection
 COMMON_KEYS = ("tcp_flags", "payload_digest", "payload_len", "ip_id")
