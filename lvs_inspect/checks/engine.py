@@ -430,22 +430,27 @@ def _arp_env(ctx: _Ctx):
     return ctx.env(makers, len(rows)), rows
 
 
+def director_bytes(c: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Payload bytes the director forwarded per connection, toward the real server and back toward
+    the client: each direction counted once, from whichever of its two legs was captured (the larger
+    where both were)."""
+    if not len(c):
+        return pd.Series(dtype=np.int64), pd.Series(dtype=np.int64)
+    return (np.maximum(c["by_client_director"], c["by_director_rs"]),
+            np.maximum(c["by_rs_director"], c["by_director_client"]))
+
+
 def _service_table(ctx: _Ctx) -> pd.DataFrame:
     ep, c = ctx.flows.endpoints, ctx.flows.connections
     new = c[(c["c_syn"] > 0) & (c["rs"] >= 0)] if len(c) else c
     counts = new.groupby("rs").size() if len(new) else pd.Series(dtype=np.int64)
-    by_dir = (c["by_client_director"] + c["by_director_rs"] + c["by_rs_director"] + c["by_director_client"]) \
-        if len(c) else pd.Series(dtype=np.int64)
-    bytes_rs = by_dir.groupby(c["rs"]).sum() if len(c) else pd.Series(dtype=np.int64)
-    # what went through the director each way, counted once however many of its legs were captured
-    req = np.maximum(c["by_client_director"], c["by_director_rs"]).groupby(c["rs"]).sum() if len(c) \
-        else pd.Series(dtype=np.int64)
-    rep = np.maximum(c["by_rs_director"], c["by_director_client"]).groupby(c["rs"]).sum() if len(c) \
-        else pd.Series(dtype=np.int64)
+    req_c, rep_c = director_bytes(c)
+    req = req_c.groupby(c["rs"]).sum() if len(c) else pd.Series(dtype=np.int64)
+    rep = rep_c.groupby(c["rs"]).sum() if len(c) else pd.Series(dtype=np.int64)
     rows = []
     for i, (si, rs) in enumerate(ep.real_servers):
         rows.append({"svc": si, "rs": i, "connections": int(counts.get(i, 0)), "weight": rs.weight,
-                     "bytes": int(bytes_rs.get(i, 0)), "requests": int(req.get(i, 0)),
+                     "bytes": int(req.get(i, 0) + rep.get(i, 0)), "requests": int(req.get(i, 0)),
                      "replies": int(rep.get(i, 0))})
     df = pd.DataFrame(rows, columns=["svc", "rs", "connections", "weight", "bytes", "requests", "replies"])
     if df.empty:
@@ -746,6 +751,6 @@ def _result(table: PacketTable, topo: Topology, flows: Flows, findings: list[Fin
         summary.failed = int(c["state"].isin(["no-answer", "refused", "reset-by-server", "unanswered"]).sum())
         by = c[c["rs"] >= 0].groupby("rs").size()
         summary.by_real_server = {str(ep.real_servers[int(i)][1].ip): int(n) for i, n in by.items()}
-        summary.director_bytes = int((c["by_client_director"] + c["by_director_rs"] + c["by_rs_director"]
-                                      + c["by_director_client"]).sum())
+        req, rep = director_bytes(c)
+        summary.director_bytes = int(req.sum() + rep.sum())
     return AuditResult(inputs=inputs, summary=summary, findings=findings, topology=origin)

@@ -85,7 +85,7 @@ class Summary:
     complete: int = 0
     failed: int = 0
     by_real_server: dict[str, int] = field(default_factory=dict)
-    director_bytes: int = 0            # bytes the director carried (both directions, NAT bottleneck)
+    director_bytes: int = 0            # payload bytes the director forwarded, each direction once (NAT bottleneck)
 
 
 @dataclass

@@ -110,7 +110,7 @@ def render(result: AuditResult) -> str:
     if s.by_real_server:
         facts.append("by real server: " + ", ".join(f"{code(rs)} {n:,}" for rs, n in s.by_real_server.items()))
     if s.director_bytes:
-        facts.append(f"director carried {s.director_bytes:,} bytes")
+        facts.append(f"director carried {s.director_bytes:,} payload bytes")
     if result.topology:
         facts.append(f"topology: {code(result.topology)}")
     out += ["", " · ".join(facts)]

@@ -230,7 +230,7 @@ def render(result: AuditResult, *, color: bool = False) -> str:
     if s.by_real_server:
         out.append("by real server: " + clean(by_real_server_text(result), newlines=False))
     if s.director_bytes:
-        out.append(f"director carried: {s.director_bytes:,} bytes")
+        out.append(f"director carried: {s.director_bytes:,} payload bytes")
 
     if not result.findings:
         out.append("")
