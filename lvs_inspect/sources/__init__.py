@@ -68,6 +68,7 @@ class Source(Protocol):
         """Produce snapshots until the input is exhausted or ``stop`` is set."""
 
 
-from .trace import TraceSource  # noqa: E402  (needs the classes above)
+from .live import LiveSource  # noqa: E402  (needs the classes above)
+from .trace import TraceSource  # noqa: E402
 
-__all__ = ["Emit", "InterfaceStats", "LiveStats", "Snapshot", "Source", "TraceSource"]
+__all__ = ["Emit", "InterfaceStats", "LiveSource", "LiveStats", "Snapshot", "Source", "TraceSource"]
