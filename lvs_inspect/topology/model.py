@@ -205,6 +205,11 @@ class Profile:
     toa_v4: ToaVariant | None     # default TOA for IPv4 clients (None: no TOA)
     toa_v6: ToaVariant | None     # default TOA for IPv6 clients
     timeouts: Timeouts
+    # FullNAT details the forwarder needs (SEMANTICS §3, §1.4)
+    toa_full: str = "skip"        # no option room for TOA: "skip" it (Alibaba) or "prune" options first (DPVS)
+    strip_client_toa: bool = False     # a client's own TOA-kind option becomes NOPs (DPVS, PR #925)
+    reflect_l2: bool = False      # replies leave by the interface and MAC the client's frame came from
+    lport_range: tuple[int, int] | None = None   # local ports per LIP; None: the client's port when free
 
     @property
     def toa_in_syn(self) -> bool:
@@ -255,7 +260,9 @@ PROFILES: dict[str, Profile] = {
         toa_packets=frozenset({"syn", "ack", "data"}),   # §4.2: SYN (if room), ACK, data; not FIN
         toa_v4=ToaVariant(254, 8, frozenset({"syn", "ack", "data"})),    # §4.1 TCPOPT_ADDR
         toa_v6=ToaVariant(253, 20, frozenset({"syn", "ack", "data"})),   # §4.1 TCPOPT_ADDR_V6
-        timeouts=FULLNAT_LB_TIMEOUTS),
+        timeouts=FULLNAT_LB_TIMEOUTS,
+        toa_full="skip", strip_client_toa=False, reflect_l2=True,      # §3: no pruning, forged TOA passed on
+        lport_range=(5000, 65535)),    # §3: lport_min/max, sequential per LIP
     "dpvs": Profile(
         name="dpvs", title="iQIYI DPVS (>= 1.9.6)",
         # SEMANTICS §0/§1.4: no TTL change in any mode unless xmit_ttl is configured
@@ -266,7 +273,9 @@ PROFILES: dict[str, Profile] = {
         toa_packets=frozenset({"ack", "data", "fin"}),  # §4.2: no SYN since 1.9.6 (30f421d1), FIN allowed (PR #666)
         toa_v4=ToaVariant(254, 8, frozenset({"ack", "data", "fin"})),    # §4.1 TCP_OPT_ADDR
         toa_v6=ToaVariant(254, 20, frozenset({"ack", "data", "fin"})),
-        timeouts=FULLNAT_LB_TIMEOUTS),
+        timeouts=FULLNAT_LB_TIMEOUTS,
+        toa_full="prune", strip_client_toa=True, reflect_l2=True,      # §3: tcp_in_prune_options, PR #925
+        lport_range=(1025, 65535)),    # §3: sapool
 }
 DEFAULT_PROFILE = "linux"
 
