@@ -46,7 +46,7 @@ MAX_FRAMES_SHOWN = 10
 #: damage notes listed per input in the human formats
 MAX_DAMAGE_SHOWN = 5
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff]")
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff\ufffe\uffff]")
 
 
 def _escape_char(m: re.Match) -> str:
@@ -55,7 +55,8 @@ def _escape_char(m: re.Match) -> str:
 
 
 def clean(text: object, *, newlines: bool = True) -> str:
-    """Text safe to print or embed: control, bidi-override and unpaired surrogate characters escaped.
+    """Text safe to print or embed: control, line-separator (U+2028/9), bidi-override and unpaired
+    surrogate characters escaped.
 
     Tabs are kept; newlines are kept when ``newlines`` (else written as ``\\n``); ``\\r`` is escaped.
     """
