@@ -24,11 +24,13 @@ def test_wheel_ships_rules(tmp_path):
     wheel = next(tmp_path.glob("lvs_inspect-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "lvs_inspect/_rules/README.md" in names
+    assert "lvs_inspect/_demo/trace.pcapng" in names and "lvs_inspect/_demo/topology.toml" in names
     assert "lvs_inspect/resources.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)
     # the packaged layout is what rules_dir() looks for first
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    out = subprocess.run([sys.executable, "-c", "import lvs_inspect.resources as r; print(r.rules_dir())"],
+    out = subprocess.run([sys.executable, "-c", "import lvs_inspect.resources as r; print(r.rules_dir()); "
+                          "print(r.demo_dir())"],
                          cwd=site, capture_output=True, text=True, check=True, env={"PYTHONPATH": str(site)})
-    assert out.stdout.strip() == str(site / "lvs_inspect" / "_rules")
+    assert out.stdout.split() == [str(site / "lvs_inspect" / "_rules"), str(site / "lvs_inspect" / "_demo")]
