@@ -16,7 +16,7 @@ from ..errors import InputError
 from .common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK  # noqa: F401  (re-exported)
 
 # the order `lvs-inspect --help` lists them in
-COMMANDS = ("audit", "frames", "infer", "rules", "replay", "diff", "director", "lab", "tui", "watch")
+COMMANDS = ("audit", "tui", "watch", "infer", "replay", "diff", "rules", "frames", "director", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            continue        # a command still being built on this branch
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
