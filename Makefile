@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 
 # 1. Install the tool and run the main job on a bundled trace.
 demo: install
-	$(BIN)/lvs-inspect audit fixtures/synth/dr-arp-leak/trace.pcapng -t fixtures/synth/dr-arp-leak/topology.toml --fail-on never
+	$(BIN)/lvs-inspect audit fixtures/lab/dr-arp-leak-kernel/trace.pcapng -t fixtures/lab/dr-arp-leak-kernel/topology.toml --fail-on never
 
 # 2. Install everything the tests need (Python packages and Debian's tshark, tcpdump,
 #    nftables, iproute2) and run the whole suite.

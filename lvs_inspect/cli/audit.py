@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from .common import FORMAT_CHOICES, add_trace_options, reader_kwargs
+from .common import (
+    FORMAT_CHOICES,
+    add_rule_options,
+    add_topology_option,
+    add_trace_options,
+    reader_kwargs,
+)
 
 
 def register(sub) -> None:
@@ -13,14 +19,11 @@ def register(sub) -> None:
                                    "Exit status: 0 nothing at or above --fail-on, 1 findings at or above it, "
                                    "2 the tool could not do its job.")
     p.add_argument("traces", nargs="+", metavar="TRACE")
-    p.add_argument("-t", "--topology", metavar="TOPOLOGY",
-                   help="topology.toml, ipvsadm -Sn/-Ln output or keepalived.conf (default: inferred from the trace)")
+    add_topology_option(p, "inferred from the trace")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="text")
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE instead of stdout")
     p.add_argument("--fail-on", choices=("error", "warning", "info", "never"), default="error")
-    p.add_argument("--select", metavar="CODES", help="only these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--ignore", metavar="CODES", help="skip these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    add_rule_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     add_trace_options(p)
     p.set_defaults(func=run)
@@ -66,5 +69,5 @@ def progress_line(stage: str, fraction: float | None) -> str:
     input read is known, the stage name alone after that)."""
     if fraction is None:
         return f"lvs-inspect: {stage}..."
-    done = int(round(max(0.0, min(1.0, fraction)) * BAR))
+    done = round(max(0.0, min(1.0, fraction)) * BAR)
     return f"lvs-inspect: {stage} [{'#' * done}{'.' * (BAR - done)}] {fraction * 100:3.0f}%"

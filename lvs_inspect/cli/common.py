@@ -19,3 +19,21 @@ def reader_kwargs(args) -> dict:
     kinds = (254, 253, 200) + tuple(args.toa_kind or ())
     return {"toa_kinds": kinds, "gue_ports": tuple(args.gue_port or (6080,)),
             "checksums": not args.no_checksums}
+
+
+TOPOLOGY_HELP = "topology.toml, ipvsadm -Sn/-Ln output or keepalived.conf"
+
+
+def add_topology_option(p: argparse.ArgumentParser, default: str | None = "inferred from the trace") -> None:
+    """``-t/--topology``; ``default=None`` makes it required."""
+    p.add_argument("-t", "--topology", metavar="TOPOLOGY", required=default is None,
+                   help=TOPOLOGY_HELP + (f" (default: {default})" if default else ""))
+
+
+def add_rule_options(p: argparse.ArgumentParser, *, selection: bool = True) -> None:
+    """``--select``/``--ignore`` (with ``selection``) and ``--rules DIR`` (repeatable)."""
+    if selection:
+        p.add_argument("--select", metavar="CODES", help="only these rules (codes or prefixes, comma-separated)")
+        p.add_argument("--ignore", metavar="CODES", help="skip these rules (codes or prefixes, comma-separated)")
+    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+

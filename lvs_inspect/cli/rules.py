@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .common import EXIT_OK
+from .common import EXIT_OK, add_rule_options
 
 
 def register(sub) -> None:
@@ -12,7 +12,7 @@ def register(sub) -> None:
                        description="Without CODE: the index of every rule. With CODE (or a name): its full "
                                    "documentation. --names SCOPE lists what a rule of that scope may use.")
     p.add_argument("code", nargs="?", metavar="CODE")
-    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    add_rule_options(p, selection=False)
     p.add_argument("--names", metavar="SCOPE", help="list the names of a scope (packet, pair, connection, arp, service)")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..resources import DEMO, DEMO_TITLE
-from .common import EXIT_OK
+from .common import EXIT_OK, add_rule_options, add_topology_option
 
 
 def demo_dir() -> Path:
@@ -28,12 +28,9 @@ def register(sub) -> None:
     p.add_argument("traces", nargs="*", metavar="TRACE", help="pcap/pcapng files (gzip too)")
     p.add_argument("-i", "--interface", action="append", default=[], metavar="IFACE",
                    help="capture live on this interface (repeatable)")
-    p.add_argument("-t", "--topology", metavar="TOPOLOGY",
-                   help="topology.toml, ipvsadm -Sn/-Ln output or keepalived.conf (default: inferred)")
+    add_topology_option(p, "inferred")
     p.add_argument("-f", "--bpf", metavar="FILTER", help="capture filter for -i (BPF syntax)")
-    p.add_argument("--select", metavar="CODES", help="only these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--ignore", metavar="CODES", help="skip these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    add_rule_options(p)
     p.add_argument("--toa-kind", type=int, action="append", metavar="KIND",
                    help="extra TCP option kind to decode as TOA (254, 253 and 200 always are)")
     p.add_argument("--gue-port", type=int, action="append", metavar="PORT", help="UDP port carrying GUE (6080)")

@@ -20,7 +20,15 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from .common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, add_trace_options, reader_kwargs
+from .common import (
+    EXIT_ERROR,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    add_rule_options,
+    add_topology_option,
+    add_trace_options,
+    reader_kwargs,
+)
 
 
 def register(sub) -> None:
@@ -31,9 +39,7 @@ def register(sub) -> None:
                                    "1 findings at or above it, 2 the capture could not run.")
     p.add_argument("-i", "--interface", dest="interfaces", action="append", default=[], metavar="IFACE",
                    help="interface to capture on (repeatable; all go into one capture)")
-    p.add_argument("-t", "--topology", metavar="TOPOLOGY",
-                   help="topology.toml, ipvsadm -Sn/-Ln output or keepalived.conf "
-                        "(default: inferred from the traffic, kept once three windows agree)")
+    add_topology_option(p, "inferred from the traffic, kept once three windows agree")
     p.add_argument("-f", "--filter", dest="bpf", metavar="BPF", help="capture filter (libpcap syntax), all interfaces")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--ring", metavar="DIR",
@@ -49,9 +55,7 @@ def register(sub) -> None:
                    help="status line on stderr every SECONDS (0: only at start and exit; default 10)")
     p.add_argument("--fail-on", choices=("error", "warning", "info", "never"), default="never",
                    help="exit status 1 when a finding at or above this severity was found (default never)")
-    p.add_argument("--select", metavar="CODES", help="only these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--ignore", metavar="CODES", help="skip these rules (codes or prefixes, comma-separated)")
-    p.add_argument("--rules", metavar="DIR", action="append", default=[], help="an extra rule pack (repeatable)")
+    add_rule_options(p)
     p.add_argument("--capture-cmd", metavar="CMD",
                    help="run CMD instead of dumpcap (split like a shell would, not run by one); it must write "
                         "pcapng or pcap on stdout, e.g. 'ssh director dumpcap -q -i eth0 -w -'")
