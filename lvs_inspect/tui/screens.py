@@ -202,6 +202,146 @@ class OverviewPane(TabPane):
         return t
 
 
+# ---------------------------------------------------------------------------------- list panes
+
+class FilterInput(Input):
+    """The filter line of a list: typing filters as you go, enter or escape go back to the list."""
+
+    BINDINGS = [Binding("escape", "done", "Back to the list", show=False)]
+
+    def action_done(self) -> None:
+        self.post_message(self.Submitted(self, self.value))
+
+
+class ListPane(TabPane):
+    """A pane around one list of the current model: the :class:`VirtualTable` ``#PREFIX-table``,
+    whose cursor a detail follows (``self.follow``)."""
+
+    PREFIX = ""
+
+    def __init__(self, title: str, id: str):
+        super().__init__(title, id=id)
+        self.model: Model | None = None
+        self.follow = Follow(self)
+
+    @property
+    def table(self) -> VirtualTable:
+        return self.query_one(f"#{self.PREFIX}-table", VirtualTable)
+
+    def focus_main(self) -> None:
+        self.table.focus()
+
+    @property
+    def pending(self) -> bool:
+        return self.follow.pending
+
+
+#: the keys of a filtered list (first in its pane's bindings, so the help lists them first)
+FILTER_BINDINGS = [
+    Binding("slash", "filter", "Filter", id="filter"),
+    Binding("s", "sort", "Sort", id="sort"),
+    Binding("r", "reverse", "Reverse", id="reverse", show=False),
+]
+
+
+class FilteredListPane(ListPane):
+    """A list the user filters (the line ``#PREFIX-filter``, :class:`~lvs_inspect.tui.model.Filter`'s
+    words) and sorts (``SORTS``, s cycles, r reverses), with a status line ``#PREFIX-status`` that says
+    how many of how many are shown, the sort and the filter.
+
+    A subclass names the list: ``_items()`` (the model's part with ``apply(filter, sort, reverse)``
+    -> view), ``ROWS(model, view)`` (what the table draws), ``NOUN``/``NOUNS``, ``_count_text()``, and
+    ``_detail(index)``, the detail of the row under the cursor (None: none).
+    """
+
+    SORTS: tuple[str, ...]          # the sort orders s cycles through
+    COLUMNS: tuple[Column, ...]
+    ROWS: type                      # ROWS(model, view): the table's rows
+    NOUN: str                       # "finding": "no finding matches the filter"
+    NOUNS: str                      # "findings": "no findings"
+    FILTER_HINT: str                # the filter line's placeholder
+
+    def __init__(self, title: str, id: str, sort: str):
+        super().__init__(title, id)
+        self.sort = sort
+        self.reverse = False
+        self.filter_text = ""
+
+    def compose_list(self) -> ComposeResult:
+        yield FilterInput(placeholder=self.FILTER_HINT, id=f"{self.PREFIX}-filter")
+        yield Static(id=f"{self.PREFIX}-status")
+        yield VirtualTable(self.COLUMNS, empty="waiting for the analysis…", id=f"{self.PREFIX}-table")
+
+    def _items(self):
+        raise NotImplementedError
+
+    def _count_text(self) -> str:
+        raise NotImplementedError
+
+    def _detail(self, index: int | None) -> None:
+        raise NotImplementedError
+
+    def _cleared(self) -> None:
+        """No analysis (yet): what else the pane empties."""
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text
+        inp = self.query_one(f"#{self.PREFIX}-filter", Input)
+        if inp.value != text:
+            with inp.prevent(Input.Changed):
+                inp.value = text
+        self.refilter()
+
+    def refilter(self) -> None:
+        if self.model is None:
+            self.table.set_rows(NoRows(), empty="waiting for the analysis…")
+            self._cleared()
+            self._status(None)
+            return
+        flt = Filter.parse(self.filter_text)
+        view = self._items().apply(flt, self.sort, self.reverse)
+        self.table.set_rows(self.ROWS(self.model, view), empty=f"no {self.NOUNS}" if not self.filter_text
+                            else f"no {self.NOUN} matches the filter")
+        self._status(flt)
+        self._detail(self.table.cursor if len(view) else None)
+
+    def _status(self, flt: Filter | None) -> None:
+        t = self._status_text(flt) if self.model is not None else Text()
+        self.query_one(f"#{self.PREFIX}-status", Static).update(t, layout=False)
+
+    def _status_text(self, flt: Filter | None) -> Text:
+        t = Text()
+        t.append(self._count_text(), "bold")
+        t.append(f" · sort: {self.sort} {'↑' if self.reverse else '↓'}")
+        if flt is not None and flt.text():
+            t.append(f" · filter: {flt.text()}")
+        if flt is not None and flt.errors:
+            t.append(f" · not understood: {' '.join(flt.errors)}", "bold red")
+        return t
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == f"{self.PREFIX}-filter":
+            self.filter_text = event.value
+            self.refilter()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == f"{self.PREFIX}-filter":
+            self.filter_text = event.value
+            self.refilter()
+            self.table.focus()
+
+    def action_filter(self) -> None:
+        self.query_one(f"#{self.PREFIX}-filter", Input).focus()
+
+    def action_sort(self) -> None:
+        self.sort = self.SORTS[(self.SORTS.index(self.sort) + 1) % len(self.SORTS)]
+        self.refilter()
+
+    def action_reverse(self) -> None:
+        self.reverse = not self.reverse
+        self.refilter()
+
+
 # ---------------------------------------------------------------------------------- findings
 
 class FindingRows:
@@ -228,46 +368,29 @@ FINDING_COLUMNS = (Column("severity", 8), Column("code", 7), Column("name", 28),
                    Column("mode", 7), Column("count", 7, "right"), Column("message"))
 
 
-class FilterInput(Input):
-    """The filter line of a list: typing filters as you go, enter or escape go back to the list."""
-
-    BINDINGS = [Binding("escape", "done", "Back to the list", show=False)]
-
-    def action_done(self) -> None:
-        self.post_message(self.Submitted(self, self.value))
-
-
-class FindingsPane(TabPane):
+class FindingsPane(FilteredListPane):
     BINDINGS = [
-        Binding("slash", "filter", "Filter", id="filter"),
-        Binding("s", "sort", "Sort", id="sort"),
-        Binding("r", "reverse", "Reverse", id="reverse", show=False),
+        *FILTER_BINDINGS,
         Binding("g", "goto_connection", "Connection", id="goto-connection"),
         Binding("w", "dissect", "Wireshark", id="dissect"),
     ]
+    PREFIX, NOUN, NOUNS = "findings", "finding", "findings"
+    SORTS, COLUMNS, ROWS = FINDING_SORTS, FINDING_COLUMNS, FindingRows
+    FILTER_HINT = "filter: code:DR1 sev:warning mode:dr rs:192.0.2.11 words…  (/)"
 
     def __init__(self):
-        super().__init__("Findings", id="findings")
-        self.model: Model | None = None
-        self.sort = "severity"
-        self.reverse = False
-        self.filter_text = ""
-        self.follow = Follow(self)
+        super().__init__("Findings", "findings", sort="severity")
 
     def compose(self) -> ComposeResult:
-        yield FilterInput(placeholder="filter: code:DR1 sev:warning mode:dr rs:192.0.2.11 words…  (/)",
-                          id="findings-filter")
-        yield Static(id="findings-status")
-        yield VirtualTable(FINDING_COLUMNS, empty="waiting for the analysis…", id="findings-table")
+        yield from self.compose_list()
         with VerticalScroll(id="finding-detail-scroll"):
             yield Static(id="finding-detail")
 
-    @property
-    def table(self) -> VirtualTable:
-        return self.query_one("#findings-table", VirtualTable)
+    def _items(self):
+        return self.model.findings
 
-    def focus_main(self) -> None:
-        self.table.focus()
+    def _count_text(self) -> str:
+        return f"{len(self.model.findings.view)} of {len(self.model.findings.all)} findings"
 
     def set_model(self, model: Model | None) -> None:
         """A new analysis (a live window): the same finding stays selected when it is still there."""
@@ -283,54 +406,11 @@ class FindingsPane(TabPane):
                     self._detail(pos)
                     break
 
-    def set_filter(self, text: str) -> None:
-        self.filter_text = text
-        inp = self.query_one("#findings-filter", Input)
-        if inp.value != text:
-            with inp.prevent(Input.Changed):
-                inp.value = text
-        self.refilter()
-
-    def refilter(self) -> None:
-        if self.model is None:
-            self.table.set_rows(NoRows(), empty="waiting for the analysis…")
-            self._status(None)
-            return
-        flt = Filter.parse(self.filter_text)
-        view = self.model.findings.apply(flt, self.sort, self.reverse)
-        self.table.set_rows(FindingRows(self.model, view), empty="no findings" if not self.filter_text
-                            else "no finding matches the filter")
-        self._status(flt)
-        self._detail(self.table.cursor if len(view) else None)
-
-    def _status(self, flt: Filter | None) -> None:
-        t = Text()
-        if self.model is not None:
-            n, total = len(self.model.findings.view), len(self.model.findings.all)
-            t.append(f"{n} of {total} findings", "bold")
-            t.append(f" · sort: {self.sort} {'↑' if self.reverse else '↓'}")
-            if flt is not None and flt.text():
-                t.append(f" · filter: {flt.text()}")
-            if flt is not None and flt.errors:
-                t.append(f" · not understood: {' '.join(flt.errors)}", "bold red")
-        self.query_one("#findings-status", Static).update(t, layout=False)
-
     def current(self) -> Finding | None:
         rows = self.table.rows
         if isinstance(rows, FindingRows) and len(rows):
             return rows.finding(min(self.table.cursor, len(rows) - 1))
         return None
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "findings-filter":
-            self.filter_text = event.value
-            self.refilter()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "findings-filter":
-            self.filter_text = event.value
-            self.refilter()
-            self.table.focus()
 
     def on_virtual_table_highlighted(self, event: VirtualTable.Highlighted) -> None:
         if event.table.id == "findings-table":
@@ -339,21 +419,6 @@ class FindingsPane(TabPane):
     def on_virtual_table_selected(self, event: VirtualTable.Selected) -> None:
         if event.table.id == "findings-table":
             self.action_goto_connection()
-
-    @property
-    def pending(self) -> bool:
-        return self.follow.pending
-
-    def action_filter(self) -> None:
-        self.query_one("#findings-filter", Input).focus()
-
-    def action_sort(self) -> None:
-        self.sort = FINDING_SORTS[(FINDING_SORTS.index(self.sort) + 1) % len(FINDING_SORTS)]
-        self.refilter()
-
-    def action_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.refilter()
 
     def action_goto_connection(self) -> None:
         f = self.current()
@@ -558,31 +623,24 @@ def ladder_columns() -> tuple[Column, ...]:
             Column("capture points #frame"))
 
 
-class ConnectionsPane(TabPane):
+class ConnectionsPane(FilteredListPane):
     BINDINGS = [
-        Binding("slash", "filter", "Filter", id="filter"),
-        Binding("s", "sort", "Sort", id="sort"),
-        Binding("r", "reverse", "Reverse", id="reverse", show=False),
+        *FILTER_BINDINGS,
         Binding("w", "dissect", "Wireshark", id="dissect"),
         Binding("x", "export_pcap", "Export pcap", id="export-pcap"),
         Binding("e", "expected", "Expected", id="expected"),
     ]
+    PREFIX, NOUN, NOUNS = "conn", "connection", "connections"
+    SORTS, COLUMNS, ROWS = CONN_SORTS, CONN_COLUMNS, ConnRows
+    FILTER_HINT = "filter: mode:dr rs:192.0.2.11 state:refused code:DR104 problems client…  (/)"
 
     def __init__(self):
-        super().__init__("Connections", id="connections")
-        self.model: Model | None = None
-        self.sort = "time"
-        self.reverse = False
-        self.filter_text = ""
+        super().__init__("Connections", "connections", sort="time")
         self.ladder: Ladder | None = None
-        self.follow = Follow(self)
         self.follow_detail = Follow(self)
 
     def compose(self) -> ComposeResult:
-        yield FilterInput(placeholder="filter: mode:dr rs:192.0.2.11 state:refused code:DR104 problems "
-                                      "client…  (/)", id="conn-filter")
-        yield Static(id="conn-status")
-        yield VirtualTable(CONN_COLUMNS, empty="waiting for the analysis…", id="conn-table")
+        yield from self.compose_list()
         with Horizontal(id="ladder-box"):
             with Vertical(id="ladder-left"):
                 yield Static(id="ladder-title")
@@ -591,15 +649,8 @@ class ConnectionsPane(TabPane):
                 yield Static(id="ladder-detail")
 
     @property
-    def table(self) -> VirtualTable:
-        return self.query_one("#conn-table", VirtualTable)
-
-    @property
     def ladder_table(self) -> VirtualTable:
         return self.query_one("#ladder", VirtualTable)
-
-    def focus_main(self) -> None:
-        self.table.focus()
 
     def set_model(self, model: Model | None) -> None:
         """A new analysis (a live window): the same connection (client and service) stays selected,
@@ -631,43 +682,28 @@ class ConnectionsPane(TabPane):
                 self.ladder_table.cursor = min(line, len(self.ladder) - 1)
                 self._ladder_detail(self.ladder_table.cursor)
 
-    def set_filter(self, text: str) -> None:
-        self.filter_text = text
-        inp = self.query_one("#conn-filter", Input)
-        if inp.value != text:
-            with inp.prevent(Input.Changed):
-                inp.value = text
-        self.refilter()
+    def _items(self):
+        return self.model.connections
 
-    def refilter(self) -> None:
-        if self.model is None:
-            self.table.set_rows(NoRows(), empty="waiting for the analysis…")
-            self.ladder_table.set_rows(NoRows(), empty="")
-            self._status(None)
-            return
-        flt = Filter.parse(self.filter_text)
-        view = self.model.connections.apply(flt, self.sort, self.reverse)
-        self.table.set_rows(ConnRows(self.model, view), empty="no connections" if not self.filter_text
-                            else "no connection matches the filter")
-        self._status(flt)
-        self._show_ladder(self.table.cursor if len(view) else None)
+    def _count_text(self) -> str:
+        c = self.model.connections
+        return f"{len(c.view):,} of {c.n:,} connections"
 
-    def _status(self, flt: Filter | None) -> None:
-        t = Text()
-        if self.model is not None:
-            c = self.model.connections
-            t.append(f"{len(c.view):,} of {c.n:,} connections", "bold")
-            t.append(f" · sort: {self.sort} {'↑' if self.reverse else '↓'}")
-            if flt is not None and flt.text():
-                t.append(f" · filter: {flt.text()}")
-            if flt is not None and flt.errors:
-                t.append(f" · not understood: {' '.join(flt.errors)}", "bold red")
-            t.append("\nlegs ")
-            for g in (SEEN, RIGHT, WRONG, MISSING, NOT_CAPTURED):
-                t.append(GLYPHS[g], GLYPH_STYLE[g])
-                t.append(f" {GLYPH_NAMES[g]}  ")
-            t.append("· NAT/FullNAT C→D D→R R→D D→C · DR/TUN C→D D→R R→C", "dim")
-        self.query_one("#conn-status", Static).update(t, layout=False)
+    def _cleared(self) -> None:
+        self.ladder_table.set_rows(NoRows(), empty="")
+
+    def _detail(self, index: int | None) -> None:
+        """A connection's detail is its ladder."""
+        self._show_ladder(index)
+
+    def _status_text(self, flt: Filter | None) -> Text:
+        t = super()._status_text(flt)
+        t.append("\nlegs ")
+        for g in (SEEN, RIGHT, WRONG, MISSING, NOT_CAPTURED):
+            t.append(GLYPHS[g], GLYPH_STYLE[g])
+            t.append(f" {GLYPH_NAMES[g]}  ")
+        t.append("· NAT/FullNAT C→D D→R R→D D→C · DR/TUN C→D D→R R→C", "dim")
+        return t
 
     def show(self, cid: int) -> None:
         """Put the cursor on connection ``cid`` (clearing a filter that hides it) and show its ladder."""
@@ -748,17 +784,6 @@ class ConnectionsPane(TabPane):
             return None
         return int(self.ladder.first[min(self.ladder_table.cursor, len(self.ladder) - 1)])
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "conn-filter":
-            self.filter_text = event.value
-            self.refilter()
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "conn-filter":
-            self.filter_text = event.value
-            self.refilter()
-            self.table.focus()
-
     def on_virtual_table_highlighted(self, event: VirtualTable.Highlighted) -> None:
         if event.table.id == "conn-table":
             self.follow(self._show_ladder, event.index)
@@ -772,17 +797,6 @@ class ConnectionsPane(TabPane):
             self.ladder_table.focus()
         elif event.table.id == "ladder":
             self.action_dissect()
-
-    def action_filter(self) -> None:
-        self.query_one("#conn-filter", Input).focus()
-
-    def action_sort(self) -> None:
-        self.sort = CONN_SORTS[(CONN_SORTS.index(self.sort) + 1) % len(CONN_SORTS)]
-        self.refilter()
-
-    def action_reverse(self) -> None:
-        self.reverse = not self.reverse
-        self.refilter()
 
     @property
     def pending(self) -> bool:
@@ -907,26 +921,18 @@ ARP_COLUMNS = (Column("address", 15), Column("is", 11), Column("claimed by MAC",
                Column("when, over the whole trace"))
 
 
-class ArpPane(TabPane):
+class ArpPane(ListPane):
     BINDINGS = [Binding("w", "dissect", "Wireshark", id="dissect")]
+    PREFIX = "arp"
 
     def __init__(self):
-        super().__init__("ARP", id="arp")
-        self.model: Model | None = None
-        self.follow = Follow(self)
+        super().__init__("ARP", "arp")
 
     def compose(self) -> ComposeResult:
         yield Static(id="arp-status")
         yield VirtualTable(ARP_COLUMNS, empty="waiting for the analysis…", id="arp-table")
         with VerticalScroll(id="arp-detail-scroll"):
             yield Static(id="arp-detail")
-
-    @property
-    def table(self) -> VirtualTable:
-        return self.query_one("#arp-table", VirtualTable)
-
-    def focus_main(self) -> None:
-        self.table.focus()
 
     def set_model(self, model: Model | None) -> None:
         was = self.current()
@@ -957,10 +963,6 @@ class ArpPane(TabPane):
     def on_virtual_table_highlighted(self, event: VirtualTable.Highlighted) -> None:
         if event.table.id == "arp-table":
             self.follow(self._detail, event.index)
-
-    @property
-    def pending(self) -> bool:
-        return self.follow.pending
 
     def current(self) -> Claim | None:
         if self.model is None or not self.model.arp:

@@ -65,6 +65,19 @@ ROW_STYLES = {
 }
 
 
+class TableMessage(Message):
+    """A message of a :class:`VirtualTable` about one of its rows."""
+
+    def __init__(self, table: "VirtualTable", index: int | None):
+        super().__init__()
+        self.table = table
+        self.index = index
+
+    @property
+    def control(self) -> "VirtualTable":
+        return self.table
+
+
 class VirtualTable(ScrollView, can_focus=True):
     """A table of any number of rows that formats only the rows on screen.
 
@@ -95,25 +108,11 @@ class VirtualTable(ScrollView, can_focus=True):
 
     cursor: reactive[int] = reactive(0, always_update=True, init=False)
 
-    class Highlighted(Message):
-        def __init__(self, table: "VirtualTable", index: int | None):
-            super().__init__()
-            self.table = table
-            self.index = index
+    class Highlighted(TableMessage):
+        """The cursor moved to row ``index`` (None: the table has no rows)."""
 
-        @property
-        def control(self) -> "VirtualTable":
-            return self.table
-
-    class Selected(Message):
-        def __init__(self, table: "VirtualTable", index: int):
-            super().__init__()
-            self.table = table
-            self.index = index
-
-        @property
-        def control(self) -> "VirtualTable":
-            return self.table
+    class Selected(TableMessage):
+        """Enter, or a click on the cursor row ``index``."""
 
     def __init__(self, columns: Sequence[Column], rows: Rows | None = None, *, empty: str = "nothing to show",
                  name: str | None = None, id: str | None = None, classes: str | None = None):

@@ -19,11 +19,6 @@ def at_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.fixture
-def trace_source():
-    return fixture_source
-
-
 @pytest.fixture(scope="session")
 def leak_analysis():
     d = ROOT / "fixtures" / "synth" / "dr-arp-leak"
@@ -68,6 +63,19 @@ def drive():
 
 
 @pytest.fixture
+def run_ui(make_app, drive):
+    """``run_ui(steps, source=None, settle=True, **app_options)``: an app on ``source`` (None: the
+    DR ARP-leak fixture), driven as ``drive`` does, then ``await steps(ui, app)``."""
+    def run(steps, source=None, *, settle: bool = True, **app_options) -> None:
+        app = make_app(source if source is not None else fixture_source(), **app_options)
+
+        async def with_app(ui):
+            await steps(ui, app)
+        drive(app, with_app, settle=settle)
+    return run
+
+
+@pytest.fixture
 def snapshot(drive, tmp_path):
     """``snapshot(app, "name", steps)``: the SVG screenshot after ``steps`` against
     __snapshots__/name.svg (LVS_UPDATE_SNAPSHOTS=1 writes it)."""
@@ -80,10 +88,7 @@ def snapshot(drive, tmp_path):
             if settle:
                 await ui.settle()
             else:                       # a source that never finishes: its first snapshot on screen
-                for _ in range(250):
-                    if ui.app.snapshot is not None:
-                        break
-                    await ui.pilot.pause(0.02)
+                await ui.until(lambda: ui.app.snapshot is not None, 250)
                 await ui.pilot.pause()
             shot["svg"] = ui.app.export_screenshot(title=name)
         drive(app, take, size=size, settle=settle)

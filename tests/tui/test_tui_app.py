@@ -41,15 +41,11 @@ class GatedSource:
         self.inner.run(emit, stop)
 
 
-def test_first_screen_shows_the_progress_then_fills_in(make_app, drive):
+def test_first_screen_shows_the_progress_then_fills_in(run_ui):
     src = GatedSource()
-    app = make_app(src)
 
-    async def steps(ui):
-        for _ in range(200):
-            if app.snapshot is not None:
-                break
-            await ui.pilot.pause(0.02)
+    async def steps(ui, app):
+        await ui.until(lambda: app.snapshot is not None)
         await ui.pilot.pause()
         text = ui.text()
         assert "reading" in text and "42%" in text and "672 frames" in text
@@ -65,28 +61,25 @@ def test_first_screen_shows_the_progress_then_fills_in(make_app, drive):
         assert "Worst" in text and "DR101" in text and "real server 192.0.2.11" in text
         assert "MAC 02:00:00:00:00:11" in text
 
-    drive(app, steps, settle=False)
+    run_ui(steps, src, settle=False)
 
 
-def test_a_bad_trace_is_one_line_on_screen(make_app, drive, tmp_path):
+def test_a_bad_trace_is_one_line_on_screen(run_ui, tmp_path):
     bad = tmp_path / "bad.pcap"
     bad.write_bytes(b"this is not a capture")
-    app = make_app(TraceSource([str(bad)], clock=lambda: FROZEN))
 
-    async def steps(ui):
+    async def steps(ui, app):
         assert app.snapshot.stage == "error"
         text = ui.text()
         assert f"✗ {bad}:" in text and "error" in text
 
-    drive(app, steps)
+    run_ui(steps, TraceSource([str(bad)], clock=lambda: FROZEN))
 
 
 # ---------------------------------------------------------------------------------- overview
 
-def test_overview_shares_bytes_and_counts(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_overview_shares_bytes_and_counts(run_ui):
+    async def steps(ui, app):
         text = ui.text()
         assert "2 errors" in text and "2 warnings" in text and "0 info" in text
         assert "108 (49 complete, 56 failed)" in text
@@ -96,15 +89,13 @@ def test_overview_shares_bytes_and_counts(make_app, trace_source, drive):
         srv = {s.label: s for s in app.model.overview.services[0].servers}
         assert srv["192.0.2.11"].flagged and not srv["192.0.2.12"].flagged
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- findings
 
-def test_findings_sort_and_filter(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_findings_sort_and_filter(run_ui):
+    async def steps(ui, app):
         await ui.press("2")
         pane = app.query_one(FindingsPane)
         assert codes(app) == ["DR101", "DR104", "DR102", "SVC102"]           # severity, then code
@@ -120,26 +111,20 @@ def test_findings_sort_and_filter(make_app, trace_source, drive):
         assert sorted(codes(app)) == ["DR101", "DR104"]
         assert isinstance(app.focused, VirtualTable)                          # enter goes back to the list
         assert "2 of 4 findings" in ui.text()
-        pane.set_filter("code:SVC")
-        await ui.settle()
+        await ui.filter(pane, "code:SVC")
         assert codes(app) == ["SVC102"]
-        pane.set_filter("rs:02:00:00:00:00:11 announces")
-        await ui.settle()
+        await ui.filter(pane, "rs:02:00:00:00:00:11 announces")
         assert codes(app) == ["DR102"]
-        pane.set_filter("mode:nat")
-        await ui.settle()
+        await ui.filter(pane, "mode:nat")
         assert codes(app) == [] and "no finding matches the filter" in ui.text()
-        pane.set_filter("color:blue")
-        await ui.settle()
+        await ui.filter(pane, "color:blue")
         assert "not understood: color:blue" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_finding_detail_explains_and_fixes(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_finding_detail_explains_and_fixes(run_ui):
+    async def steps(ui, app):
         await ui.press("2")
         text = ui.text()
         assert "Why it matters" in text and "arp_ignore" in text
@@ -147,15 +132,13 @@ def test_finding_detail_explains_and_fixes(make_app, trace_source, drive):
         assert "fixtures/synth/dr-arp-leak/trace.pcapng#465" in text
         assert "expected 02:00:00:00:00:02, 02:00:00:00:00:03" in text and "observed 02:00:00:00:00:11" in text
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- connections
 
-def test_selecting_a_connection_shows_its_ladder(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_selecting_a_connection_shows_its_ladder(run_ui):
+    async def steps(ui, app):
         await ui.press("3")
         pane = app.query_one(ConnectionsPane)
         assert pane.table.row_count == 108
@@ -177,13 +160,11 @@ def test_selecting_a_connection_shows_its_ladder(make_app, trace_source, drive):
         wrong = [i for i in range(len(rows)) if rows.wrong(i)]
         assert [pane.ladder.leg[i] for i in wrong] == [6]  # client-rs
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_a_finding_leads_to_its_connection(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_a_finding_leads_to_its_connection(run_ui):
+    async def steps(ui, app):
         await ui.press("2", "down")                        # DR104: traffic that bypassed the director
         await ui.press("enter")
         pane = app.query_one(ConnectionsPane)
@@ -194,39 +175,32 @@ def test_a_finding_leads_to_its_connection(make_app, trace_source, drive):
         assert c.legs_text(pane.ladder.cid)[0] == "✗"       # C→D went to the real server instead
         assert "✗ DR104" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_connection_filters(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_connection_filters(run_ui):
+    async def steps(ui, app):
         await ui.press("3")
         pane = app.query_one(ConnectionsPane)
-        pane.set_filter("rs:192.0.2.12 state:complete")
-        await ui.settle()
+        await ui.filter(pane, "rs:192.0.2.12 state:complete")
         c = app.model.connections
         assert len(c.view) > 0
         assert all(c.server(i) == "192.0.2.12" and c.state[i] == "complete" for i in c.view)
-        pane.set_filter("code:DR104")
-        await ui.settle()
+        await ui.filter(pane, "code:DR104")
         assert 0 < len(c.view) <= 20 and all("DR104" in c.codes[i] for i in c.view)
-        pane.set_filter("problems")
-        await ui.settle()
+        await ui.filter(pane, "problems")
         assert len(c.view) == 105                              # DR104's 105 connections
         pane.set_filter("")
         await ui.press("s")                                    # problems first
         assert pane.sort == "problems" and bool(c.wrong[c.view[0]])
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- ARP
 
-def test_arp_leak_is_highlighted(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_arp_leak_is_highlighted(run_ui):
+    async def steps(ui, app):
         await ui.press("4")
         rows = app.query_one(ArpPane).table.rows
         assert isinstance(rows, ArpRows)
@@ -243,16 +217,15 @@ def test_arp_leak_is_highlighted(make_app, trace_source, drive):
         await ui.press("down")                               # the leaking claim: its detail
         assert "✗ DR101" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- exports
 
-def test_export_findings_as_junit_and_sarif(make_app, trace_source, drive, tmp_path):
+def test_export_findings_as_junit_and_sarif(run_ui, tmp_path):
     lxml = pytest.importorskip("lxml.etree", reason="lxml is a test dependency (pip install -e .[test])")
-    app = make_app(trace_source())
 
-    async def steps(ui):
+    async def steps(ui, app):
         await ui.palette("findings as JUnit")
         path = app.last_export
         assert path is not None and path.parent == tmp_path and path.name == "lvs-inspect-findings.junit.xml"
@@ -267,13 +240,11 @@ def test_export_findings_as_junit_and_sarif(make_app, trace_source, drive, tmp_p
         sarif = json.loads(app.last_export.read_text())
         assert sorted(r["ruleId"] for r in sarif["runs"][0]["results"]) == ["DR101", "DR104"]
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_export_this_connection_as_pcap(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_export_this_connection_as_pcap(run_ui):
+    async def steps(ui, app):
         await ui.press("3", "down", "down", "x")
         path = app.last_export
         assert path is not None and path.suffix == ".pcapng" and "198.18.75.228_38204" in path.name
@@ -286,15 +257,13 @@ def test_export_this_connection_as_pcap(make_app, trace_source, drive):
         await ui.press("x")                                   # again: a new file, nothing overwritten
         assert app.last_export != path and app.last_export.exists()
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- help, palette, keys
 
-def test_help_screen_lists_the_keys(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_help_screen_lists_the_keys(run_ui):
+    async def steps(ui, app):
         await ui.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         text = ui.text()
@@ -302,13 +271,11 @@ def test_help_screen_lists_the_keys(make_app, trace_source, drive):
         await ui.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_palette_filter_dr_only(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_palette_filter_dr_only(run_ui):
+    async def steps(ui, app):
         await ui.palette("DR only")
         assert not isinstance(app.screen, CommandPalette)
         assert app.query_one(FindingsPane).filter_text == "mode:dr"
@@ -323,13 +290,11 @@ def test_palette_filter_dr_only(make_app, trace_source, drive):
         await ui.palette("filter: clear")
         assert len(app.model.findings.view) == 4
 
-    drive(app, steps)
+    run_ui(steps)
 
 
-def test_user_keymap_rebinds(make_app, trace_source, drive):
-    app = make_app(trace_source(), keymap={"show-findings": "f2", "dissect": "ctrl+w"})
-
-    async def steps(ui):
+def test_user_keymap_rebinds(run_ui):
+    async def steps(ui, app):
         await ui.press("2")
         assert app.tabs.active == "overview"            # 2 is no longer bound
         await ui.press("f2")
@@ -337,16 +302,15 @@ def test_user_keymap_rebinds(make_app, trace_source, drive):
         await ui.press("question_mark")
         assert "f2" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps, keymap={"show-findings": "f2", "dissect": "ctrl+w"})
 
 
 # ---------------------------------------------------------------------------------- live
 
-def test_live_rates_drops_and_pause(make_app, fake_live, drive):
+def test_live_rates_drops_and_pause(run_ui, fake_live):
     src = fake_live()
-    app = make_app(src)
 
-    async def steps(ui):
+    async def steps(ui, app):
         text = ui.text()
         assert "LIVE" in text and "48,250 pkt/s" in text and "drops 3" in text
         assert "48,250 packets/s" in text and "capture drops 3" in text and "analyzer drops 0" in text
@@ -355,74 +319,62 @@ def test_live_rates_drops_and_pause(make_app, fake_live, drive):
         assert "Pause" in text                            # the key shows in the footer when live
         await ui.press("space")
         assert src.calls == ["pause"]
-        for _ in range(100):
-            if app.snapshot.live.paused:
-                break
-            await ui.pilot.pause(0.02)
+        await ui.until(lambda: app.snapshot.live.paused, 100)
         await ui.settle()
         assert "PAUSED" in ui.text()
         await ui.press("space")
         assert src.calls == ["pause", "resume"]
         assert app.models_built == 1                     # the same analysis is not rebuilt
 
-    drive(app, steps)
+    run_ui(steps, src)
 
 
-def test_a_new_live_window_keeps_the_selection(make_app, fake_live, drive):
+def test_a_new_live_window_keeps_the_selection(run_ui, fake_live):
     src = fake_live()
-    app = make_app(src)
 
-    async def steps(ui):
+    async def steps(ui, app):
         await ui.press("3", "down", "down", "down", "enter", "down", "down")
         pane = app.query_one(ConnectionsPane)
         client, line = app.model.connections.client(pane.ladder.cid), pane.ladder_table.cursor
         await ui.press("4", "down", "down", "3")
         first = app.model
         src.next_window()
-        for _ in range(200):
-            if app.model is not first:
-                break
-            await ui.pilot.pause(0.02)
+        await ui.until(lambda: app.model is not first)
         await ui.settle()
         assert app.models_built == 2
         assert app.model.connections.client(pane.current_cid()) == client and line == 2
         assert pane.ladder is not None and pane.ladder_table.cursor == line
         assert app.query_one(ArpPane).table.cursor == 2
 
-    drive(app, steps)
+    run_ui(steps, src)
 
 
-def test_trace_sources_have_no_pause(make_app, trace_source, drive):
-    app = make_app(trace_source())
-
-    async def steps(ui):
+def test_trace_sources_have_no_pause(run_ui):
+    async def steps(ui, app):
         assert "Pause" not in ui.text()
         await ui.press("space")
         assert app.tabs.active == "overview"
 
-    drive(app, steps)
+    run_ui(steps)
 
 
 # ---------------------------------------------------------------------------------- packet
 
-def test_packet_without_tshark_says_so(make_app, trace_source, drive):
-    app = make_app(trace_source(), tshark="/nonexistent/tshark")
-
-    async def steps(ui):
+def test_packet_without_tshark_says_so(run_ui):
+    async def steps(ui, app):
         await ui.press("3", "enter", "w")
         assert app.tabs.active == "packet"
         assert "tshark not installed" in ui.text()
         assert app.query_one(PacketPane) is not None
 
-    drive(app, steps)
+    run_ui(steps, tshark="/nonexistent/tshark")
 
 
 @pytest.mark.tshark
-def test_packet_dissection_with_tshark(make_app, trace_source, drive):
+def test_packet_dissection_with_tshark(run_ui):
     assert shutil.which("tshark"), "tshark is needed for this test: apt-get install tshark (make system-deps)"
-    app = make_app(trace_source(), tshark="tshark")
 
-    async def steps(ui):
+    async def steps(ui, app):
         await ui.press("4", "down", "w")             # the leaking ARP reply
         text = app.last_dissection
         assert "Address Resolution Protocol (reply)" in text
@@ -430,7 +382,7 @@ def test_packet_dissection_with_tshark(make_app, trace_source, drive):
         assert "fixtures/synth/dr-arp-leak/trace.pcapng#465" in text   # the packet comment names the frame
         assert "fixtures/synth/dr-arp-leak/trace.pcapng#465" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps, tshark="tshark")
 
 
 # ---------------------------------------------------------------------------------- expected column
@@ -448,25 +400,22 @@ class FakeExpected:
         return {int(r): {"dport": "9999", "ip.ttl": "49"} for r in rows}
 
 
-def test_expected_column_from_the_forwarder_hook(make_app, trace_source, drive):
-    app = make_app(trace_source(), expected=FakeExpected)
-
-    async def steps(ui):
+def test_expected_column_from_the_forwarder_hook(run_ui):
+    async def steps(ui, app):
         await ui.press("3", "enter")
         text = ui.text()
         assert "expected" in text and "9999" in text
         assert "no forwarder replay" not in text and "expected: the reference forwarder's" in text
 
-    drive(app, steps)
+    run_ui(steps, expected=FakeExpected)
 
 
-def test_nat_wrong_port_expected_from_the_replay(make_app, drive):
+def test_nat_wrong_port_expected_from_the_replay(run_ui):
     from lvs_inspect.tui.expected import find_expected
     factory = find_expected()
     assert factory is not None, "lvs_inspect.forwarder.replay.replay is missing"
-    app = make_app(fixture_source("nat-wrong-port"), expected=factory)
 
-    async def steps(ui):
+    async def steps(ui, app):
         await ui.press("3")
         pane = app.query_one(ConnectionsPane)
         pane.set_filter("rs:192.0.2.13")              # the server the director maps to port 8080
@@ -481,4 +430,4 @@ def test_nat_wrong_port_expected_from_the_replay(make_app, drive):
         assert exp["dport"] == "80" and obs["dport"] == "8080"     # the fault: NAT to the wrong port
         assert "8080" in ui.text() and "expected" in ui.text()
 
-    drive(app, steps)
+    run_ui(steps, fixture_source("nat-wrong-port"), expected=factory)

@@ -117,30 +117,39 @@ class UI:
         await self.pilot.press(*keys)
         await self.settle()
 
+    async def until(self, done, tries: int = 200) -> None:
+        """Pause 20 ms at a time until ``done()``, at most ``tries`` times (the caller asserts what it needs)."""
+        for _ in range(tries):
+            if done():
+                return
+            await self.pilot.pause(0.02)
+
+    async def filter(self, pane, text: str) -> None:
+        """Give a list pane this filter (as the palette does) and wait for the screen."""
+        pane.set_filter(text)
+        await self.settle()
+
     async def palette(self, text: str) -> None:
         """Run a command palette command by typing (part of) its name."""
         from textual.command import CommandPalette
         await self.pilot.press("ctrl+p")
-        for _ in range(50):
-            if isinstance(self.app.screen, CommandPalette):
-                break
-            await self.pilot.pause(0.02)
+        await self.until(lambda: isinstance(self.app.screen, CommandPalette), 50)
         assert isinstance(self.app.screen, CommandPalette)
         from textual.command import CommandInput, CommandList
         await self.pilot.press(text[0])                      # typed, then the rest at once (faster)
         self.app.screen.query_one(CommandInput).value = text
-        for _ in range(100):        # until the best hit is the command asked for
-            await self.pilot.pause(0.02)
+
+        def best_hit() -> bool:                              # the command asked for is the first offered
             found = self.app.screen.query_one(CommandList)
-            if found.option_count:
-                first = found.get_option_at_index(0).prompt
-                if text.lower() in getattr(first, "plain", str(first)).lower():
-                    break
+            if not found.option_count:
+                return False
+            first = found.get_option_at_index(0).prompt
+            return text.lower() in getattr(first, "plain", str(first)).lower()
+
+        await self.pilot.pause(0.02)
+        await self.until(best_hit, 100)
         await self.pilot.press("enter")
-        for _ in range(50):
-            if not isinstance(self.app.screen, CommandPalette):
-                break
-            await self.pilot.pause(0.02)
+        await self.until(lambda: not isinstance(self.app.screen, CommandPalette), 50)
         await self.settle()
 
     def text(self) -> str:
