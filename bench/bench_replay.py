@@ -13,13 +13,16 @@ addresses, MACs and profile; FullNAT is DPVS). Each run is a child process pinne
   read     read_table: decode every frame of the trace
   stitch   flows.stitch: legs, connections, observations
   prepare  the inputs (one copy per packet, nearest the director), per-connection facts
-  gather   the inputs' bytes read again from the file (one copy per record batch, then slices)
-  model    the per-packet loop: connection table + transmit function per input packet
+  gather   the inputs' bytes read again from the file into one buffer
+  model    the per-packet loop: connection table per input packet, the per-packet transmit
+           functions for the packets the batch path does not take, the batch shapes
+  transmit the batch transmit (lvs_inspect.forwarder.xmit_batch, numpy over all the inputs at
+           once) and the expected frames as bytes objects
   write    (--write) the expected pcapng with per-frame comments, one interface per leg
 
 Figures: **packets/s** = packets that reached the director (the model's inputs: client packets,
 server replies) / seconds; **frames/s** = the trace's frames / seconds. Both are given for the
-model loop alone and for the whole replay (read to model). The target of issue 5 is >= 100,000
+model (per-packet loop + batch transmit) and for the whole replay (read to the expected frames). The target of issue 5 is >= 100,000
 packets/s on one core. Exit status 0 when the runs completed, 1 when one failed, 2 for bad
 arguments; a missed target is reported, not turned into a failure.
 """
@@ -113,7 +116,7 @@ def report(runs: list[dict], trace: str, info: dict, cpu, mode: str) -> tuple[st
     best = min(runs, key=lambda r: r["total"])
     n_in, frames = best["inputs"], best["frames"]
     whole = best["total"]
-    model = best["model"]
+    model = best["model"] + best.get("transmit", 0.0)
     lines = [
         f"replay benchmark: {trace} ({frames:,} frames, mode {mode}, {best['connections']:,} connections); "
         f"CPU {cpu if cpu is not None else 'any'}, {len(runs)} run(s), best shown, medians in brackets",
@@ -122,9 +125,10 @@ def report(runs: list[dict], trace: str, info: dict, cpu, mode: str) -> tuple[st
         "| stage | seconds | packets/s | frames/s |",
         "|---|---:|---:|---:|",
     ]
-    for k in ("read", "stitch", "prepare", "gather", "model"):
-        lines.append(f"| {k} | {best[k]:.2f} ({med[k]:.2f}) | | |")
-    lines.append(f"| model loop alone | {model:.2f} | {n_in / model:,.0f} | {frames / model:,.0f} |")
+    for k in ("read", "stitch", "prepare", "gather", "model", "transmit"):
+        if k in best:
+            lines.append(f"| {k} | {best[k]:.2f} ({med[k]:.2f}) | | |")
+    lines.append(f"| model + transmit | {model:.2f} | {n_in / model:,.0f} | {frames / model:,.0f} |")
     lines.append(f"| whole replay() | {whole:.2f} ({med['total']:.2f}) | {n_in / whole:,.0f} | {frames / whole:,.0f} |")
     if "write" in best:
         rate = best["expected"] / best["write"]
@@ -134,7 +138,7 @@ def report(runs: list[dict], trace: str, info: dict, cpu, mode: str) -> tuple[st
         f"packets that reached the director (the model's inputs): {n_in:,}; expected frames: {best['expected']:,} "
         f"({', '.join(f'{k} {v:,}' for k, v in best['by_leg'].items())}); not transmitted: {best['drops']:,}; "
         f"peak RSS {best.get('peak_rss_mb', 0):.0f} MB; imports {best['imports']:.2f} s (not counted)",
-        f"target >= {TARGET:,} packets/s on one core: model loop {n_in / model:,.0f} "
+        f"target >= {TARGET:,} packets/s on one core: model + transmit {n_in / model:,.0f} "
         f"({'met' if n_in / model >= TARGET else 'NOT met'}), whole replay {n_in / whole:,.0f} "
         f"({'met' if n_in / whole >= TARGET else 'NOT met'}); whole replay in trace frames {frames / whole:,.0f}/s",
     ]

@@ -60,6 +60,7 @@ LAB_FAULTS = {
     "wrong-port": ("fields", "director-rs", {"dport"}),
     "rs-wrong-gateway": ("wrong-leg", "director-client", {"ip.src"}),
     "mtu": ("missing", "director-rs", set()),
+    "toa-wrong": ("fields", "director-rs", {"toa"}),                # the TOA port byte-swapped
 }
 for _f in FIXTURES:
     if _f.startswith("lab/"):

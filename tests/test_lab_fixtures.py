@@ -137,6 +137,13 @@ def test_plan_differences_are_the_fault():
         P.make_plan("nat", None, "kernel", profile="dpvs")
     with pytest.raises(ValueError, match="--tun applies"):
         P.make_plan("nat", None, "kernel", tun="gre")
+    for prof in ("dpvs", "alibaba"):
+        p = P.make_plan("fullnat", "toa-wrong", "forwarder", profile=prof)
+        assert p.director_args == ["--toa-port-byteorder", "host"] and p.toa_director == (254, 8)
+        assert [(e.code, e.real_server) for e in p.findings] == [("TOA102", "198.51.100.11"),
+                                                                  ("TOA102", "198.51.100.12")]
+    with pytest.raises(ValueError, match="profile linux has none"):
+        P.make_plan("fullnat", "toa-wrong", "forwarder", profile="linux")
 
 
 def test_compare_reports_missing_unexpected_and_quiet():
@@ -183,17 +190,102 @@ def _tcp_syn() -> bytes:
     return _ip4(6, bytes(seg), "203.0.113.10", "192.0.2.100")
 
 
-def test_decap_strips_ipip_gre_and_gue():
-    from lvs_inspect.lab.decap import strip_gre, strip_gue, strip_ipip
+def _ip6(nh: int, payload: bytes, tclass: int = 0) -> bytes:
+    return struct.pack("!IHBB16s16s", (6 << 28) | (tclass << 20), len(payload), nh, 64,
+                       socket.inet_pton(socket.AF_INET6, "2001:db8::2"),
+                       socket.inet_pton(socket.AF_INET6, "2001:db8::11")) + payload
+
+
+def _gre(proto: int, inner: bytes, *, c=False, k=False, s=False) -> bytes:
+    from lvs_inspect.lab.tundev import csum
+    flags = (0x8000 if c else 0) | (0x2000 if k else 0) | (0x1000 if s else 0)
+    words = (b"\0\0\0\0" if c else b"") + (b"\0\0\0\x2a" if k else b"") + (b"\0\0\0\x07" if s else b"")
+    g = bytearray(struct.pack("!HH", flags, proto) + words + inner)
+    if c:
+        g[4:6] = struct.pack("!H", csum(bytes(g)))
+    return bytes(g)
+
+
+def test_decap_strips_ipip_gre_and_gue_as_the_drivers_do():
+    from lvs_inspect.lab.decap import strip_gue, strip_tunnel
     inner = _tcp_syn()
-    assert strip_ipip(_ip4(4, inner)) == inner
-    assert strip_gre(_ip4(47, b"\x00\x00\x08\x00" + inner)) == inner
-    assert strip_gre(_ip4(47, b"\x80\x00\x08\x00" + b"\xab\xcd\x00\x00" + inner)) == inner   # checksum present
-    assert strip_gre(_ip4(47, b"\x00\x00\x86\xdd" + inner)) is None                          # not IPv4
-    assert strip_gue(b"\x00\x04\x00\x00" + inner) == inner
-    assert strip_gue(b"\x01\x04\x00\x00" + b"\0" * 4 + inner) == inner                       # hlen 1
-    assert strip_gue(inner) == inner                                                          # version 1: bare IPv4
-    assert strip_gue(b"\x20\x00\x00\x00") is None                                             # control
+    inner6 = _ip6(59, b"")                                           # an IPv6 packet (no next header)
+    assert strip_tunnel(4, inner) == ("ipip", inner)
+    assert strip_tunnel(41, inner6) == ("ipip", inner6)
+    assert strip_tunnel(4, inner6) == ("inner-mismatch", None)       # protocol 4 announces IPv4
+    assert strip_tunnel(47, _gre(0x0800, inner)) == ("gre", inner)
+    assert strip_tunnel(47, _gre(0x86DD, inner6, k=True, s=True)) == ("gre", inner6)
+    assert strip_tunnel(47, _gre(0x0800, inner, c=True, k=True, s=True)) == ("gre", inner)
+    bad = bytearray(_gre(0x0800, inner, c=True))
+    bad[-1] ^= 1
+    assert strip_tunnel(47, bytes(bad)) == ("gre-checksum", None)
+    assert strip_tunnel(47, b"\x00\x01\x08\x00" + inner) == ("gre-version", None)      # version 1 (PPTP)
+    assert strip_tunnel(47, b"\x40\x00\x08\x00" + inner) == ("gre-version", None)      # routing present
+    assert strip_tunnel(47, _gre(0x6558, inner)) == ("other", None)                     # Ethernet in GRE
+    assert strip_tunnel(47, b"\x80\x00") == ("short", None)
+    assert strip_gue(b"\x00\x04\x00\x00" + inner) == ("gue", inner)
+    assert strip_gue(b"\x01\x04\x00\x00" + b"\0" * 4 + inner) == ("gue", inner)      # hlen 1
+    assert strip_gue(b"\x00\x29\x00\x00" + inner6) == ("gue", inner6)                  # proto_ctype 41
+    assert strip_gue(inner) == ("gue", inner)                                          # version 1: bare IPv4
+    assert strip_gue(inner6) == ("gue", inner6)                                        # version 1: bare IPv6
+    assert strip_gue(b"\x20\x00\x00\x00") == ("gue-control", None)
+    assert strip_gue(b"\x80\x04\x00\x00" + inner) == ("gue-version", None)
+    assert strip_gue(b"\x1f\x04\x00\x00" + inner) == ("short", None)                  # hlen past the end
+    assert strip_gue(b"\x00\x04\x00\x00" + inner6) == ("inner-mismatch", None)
+
+
+def test_decap_ecn_follows_ip_tunnel_rcv():
+    from lvs_inspect.lab.decap import ecn_decapsulate
+    from lvs_inspect.lab.tundev import csum
+    syn = bytearray(_tcp_syn())
+    assert ecn_decapsulate(0x02, bytes(syn)) == bytes(syn)          # outer ECT: inner unchanged
+    assert ecn_decapsulate(0x03, bytes(syn)) is None                # outer CE, inner Not-ECT: dropped
+    syn[1] = 0x02
+    syn[10:12] = b"\0\0"
+    syn[10:12] = struct.pack("!H", csum(bytes(syn[:20])))
+    ce = ecn_decapsulate(0x03, bytes(syn))                          # outer CE, inner ECT(0): CE
+    assert ce[1] == 0x03 and csum(ce[:20]) == 0 and ce[20:] == bytes(syn[20:])
+    six = _ip6(59, b"", tclass=0x01)
+    assert (ecn_decapsulate(0xB3, six)[1] >> 4) & 3 == 3
+
+
+def test_decapsulate_frames_and_the_socket_path_agree():
+    """decapsulate() on an Ethernet frame and Decapsulator.handle() on what the raw sockets
+    return give the same inner packet; handle() writes it into the TUN device (a pipe here)."""
+    import os
+
+    from lvs_inspect.lab.decap import Decapsulator, decapsulate
+    inner = _tcp_syn()
+    local = {(4, int.from_bytes(socket.inet_aton("192.0.2.11"), "big"))}
+    eth = b"\x02\x0a\0\0\0\x11\x02\x0d\0\0\0\x01\x08\x00"
+    outer = _ip4(47, _gre(0x0800, inner, k=True))
+    assert decapsulate(eth + outer, local, (6080,)) == ("gre", inner)
+    assert decapsulate(eth + outer, set(), (6080,)) == ("not-local", None)
+    assert decapsulate(eth + inner, local, (6080,)) == ("other", None)
+    frag = bytearray(outer)
+    frag[6:8] = b"\x20\x00"                                         # MF: the kernel reassembles first
+    assert decapsulate(eth + bytes(frag), local, (6080,)) == ("fragment", None)
+    udp = struct.pack("!HHHH", 40000, 6080, 8 + 4 + len(inner), 0) + b"\x00\x04\x00\x00" + inner
+    assert decapsulate(eth + _ip4(17, udp), local, (6080,)) == ("gue", inner)
+    assert decapsulate(eth + _ip4(17, udp), local, (4789,)) == ("other", None)
+    r, w = os.pipe()
+    d = Decapsulator(dev="t0")
+    d.tun = w
+    try:
+        d.handle(outer + b"\0" * 6, 47, socket.AF_INET, 0)           # trailing bytes past total length
+        d.handle(b"\x00\x04\x00\x00" + inner, socket.IPPROTO_UDP, socket.AF_INET, 0)
+        d.handle(_ip4(4, inner), 4, socket.AF_INET, 0)
+        d.handle(inner, 4, socket.AF_INET6, 0)                        # raw IPv6: payload only
+        d.handle(inner, 4, socket.AF_INET6, 0x03)                     # outer CE, inner Not-ECT
+        d.handle(b"\x20\x00\x00\x00", socket.IPPROTO_UDP, socket.AF_INET, 0)
+        got = os.read(r, 65535)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert got == inner * 4
+    st = d.stats()
+    assert (st["received"], st["gre"], st["gue"], st["ipip"], st["written"]) == (6, 1, 1, 2, 4)
+    assert st["skipped"] == {"ecn-ce-not-ect": 1, "gue-control": 1}
 
 
 def test_toa_injector_inserts_a_valid_option():

@@ -2,7 +2,7 @@
 clean-up on success, on Ctrl-C and after a killed run, and that the root namespace is untouched.
 
 Needs root (network namespaces, nftables, packet capture): marked ``lab``; CI runs as root.
-About 30 s.
+About 35 s.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ CASES = [
     ("dr", "arp-leak", "kernel", ()),
     ("fullnat", None, "forwarder", ()),
     ("tun", None, "forwarder", ()),
+    ("fullnat", "toa-wrong", "forwarder", ("--profile", "alibaba")),   # the director's fault option
 ]
 
 

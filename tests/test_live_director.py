@@ -146,10 +146,10 @@ class Lab:
             raise RuntimeError(f"tcpdump on {iface} in {short}: {line}{p.stderr.read()}")
         return path
 
-    def director(self, topo_text: str, ifaces: list[str]) -> subprocess.Popen:
+    def director(self, topo_text: str, ifaces: list[str], extra: tuple = ()) -> subprocess.Popen:
         topo = self.tmp / "topology.toml"
         topo.write_text(topo_text)
-        cmd = [PY, "-m", "lvs_inspect", "director", "-t", str(topo)]
+        cmd = [PY, "-m", "lvs_inspect", "director", "-t", str(topo), *extra]
         for i in ifaces:
             cmd += ["-i", i]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -444,6 +444,29 @@ def test_fullnat_end_to_end(lab, profile):
 
 
 @pytest.mark.lab
+def test_toa_port_byteorder_host_swaps_the_port_on_the_wire(lab):
+    """The lab's fault: ``--toa-port-byteorder host`` writes the TOA port little-endian."""
+    two_legged(lab, rs_default_via_director=False)
+    lab.ip("d", f"addr add {LIP}/32 dev d-r")
+    for short in ("r1", "r2"):
+        lab.server(short, short, "0.0.0.0", 8080)
+    caps = [lab.capture("c", "c0", "client"), lab.capture("r1", "r0", "rs1"),
+            lab.capture("r2", "r0", "rs2")]
+    lab.director(topo("fullnat", "alibaba"), ["d-c", "d-r"], ("--toa-port-byteorder", "host"))
+    answers = lab.client(VIP, 80, 4)
+    lab.stop_director()
+    lab.stop_captures()
+    assert all(not a.startswith("error") for a in answers), answers
+    t, df = read(caps)
+    tcp = df[df.ip_proto == 6]
+    cports = set(tcp[(tcp.vp == "client.pcap") & (tcp.tcp_flags == 0x02)].sport)
+    toa = tcp[(tcp.vp != "client.pcap") & (tcp.toa_kind == 254)]
+    assert len(toa) >= 4 * 2 and (toa.toa_addr == key(t, CIP)).all()
+    swapped = {((p & 0xFF) << 8) | (p >> 8) for p in cports}
+    assert set(toa.toa_port) <= swapped and not set(toa.toa_port) & cports
+
+
+@pytest.mark.lab
 def test_tun_on_the_wire(lab):
     two_legged(lab, rs_default_via_director=False)
     caps = [lab.capture("r1", "r0", "rs1"), lab.capture("r2", "r0", "rs2")]
@@ -511,7 +534,7 @@ def test_director_cli_errors(tmp_path):
 @pytest.mark.lab
 def test_tun_end_to_end_with_userspace_decap(lab):
     """TUN with a router for the direct return path; the real servers decapsulate with
-    lvs_inspect.forwarder.decap on a TUN device. Requests of 3000 bytes make the client's
+    lvs_inspect.lab.decap on a TUN device. Requests of 3000 bytes make the client's
     full-size segments too big for the tunnel: the director answers frag-needed (MTU 1500 -
     overhead) and the client's TCP, after path MTU discovery, gets through."""
     lab.add_ns("c", "d", "sw", "r1", "r2")
@@ -538,7 +561,7 @@ def test_tun_end_to_end_with_userspace_decap(lab):
         lab.ip(short, f"addr add {VIP}/32 dev lo")
         lab.sysctl(short, "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
                    "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
-        p = lab.popen(short, [PY, "-m", "lvs_inspect.forwarder.decap", "-i", "r0"], env=env,
+        p = lab.popen(short, [PY, "-m", "lvs_inspect.lab.decap", "-i", "r0"], env=env,
                       cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready", p.stderr.read()
         decaps.append(p)
@@ -671,7 +694,7 @@ def test_fragment_ipv4_reassembles():
 def test_decapsulate_undoes_xmit_tun(kind):
     import ipaddress
 
-    from lvs_inspect.forwarder.decap import decapsulate
+    from lvs_inspect.lab.decap import decapsulate
     from lvs_inspect.forwarder.xmit import tun
     f = _tcp_frame(b"data", flags=0x02)
     out = tun(f, kind=kind, outer_src=DIP_R, rs_ip=RIPS[0], gue_port=6080)
@@ -683,13 +706,14 @@ def test_decapsulate_undoes_xmit_tun(kind):
     assert decapsulate(f, local, (6080,))[0] == "other"
 
 
-def _offline_director(text):
+def _offline_director(text, **kw):
     import threading
 
     from lvs_inspect.forwarder import live
     from lvs_inspect.topology import loads_topology
     topology = loads_topology(text, "t.toml")
-    d = live.LiveDirector(topology, ["d-c", "d-r"], stop=threading.Event(), install_nft=False)
+    d = live.LiveDirector(topology, ["d-c", "d-r"], stop=threading.Event(), install_nft=False,
+                          **kw)
     sent = {"d-c": [], "d-r": []}
     for name, ip in (("d-c", DIP_C), ("d-r", DIP_R)):
         import ipaddress
@@ -748,3 +772,24 @@ def test_nft_rules_cover_services_and_replies():
     assert f"ip saddr {RIPS[0]} meta l4proto tcp th sport 8080 ip daddr != {{" in text
     d, _ = _offline_director(topo("fullnat", "dpvs"))
     assert f"ip daddr {{ {LIP} }}" in d._nft_text()
+
+
+@pytest.mark.parametrize("order", ["network", "host"])
+def test_offline_toa_port_byteorder(order):
+    """``toa_port_byteorder``: the TOA option of the SYN (Alibaba puts it there) carries the
+    client port as is, or byte-swapped (the lab's fault)."""
+    d, sent = _offline_director(topo("fullnat", "alibaba"), toa_port_byteorder=order)
+    syn = _tcp_frame(flags=0x02, sport=0x9C41, opts=bytes.fromhex("020405b4"))
+    _feed(d, syn, "d-c")
+    (out,) = sent["d-r"]
+    assert out[26:30] == bytes(map(int, LIP.split("."))) and _ok(out)
+    assert out[54:56] == b"\xfe\x08" and out[58:62] == syn[26:30]
+    assert out[56:58] == (b"\x9c\x41" if order == "network" else b"\x41\x9c")
+    # the local port from the shared allocator: Alibaba's range starts at 5000
+    assert int.from_bytes(out[34:36], "big") == 5000
+
+
+def test_director_refuses_a_bad_toa_port_byteorder():
+    from lvs_inspect.forwarder.live import DirectorError
+    with pytest.raises(DirectorError, match="TOA port byte order"):
+        _offline_director(topo("fullnat", "alibaba"), toa_port_byteorder="little")

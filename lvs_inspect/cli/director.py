@@ -24,6 +24,9 @@ Contract (what the lab relies on)
 * Exit 2 with one line on stderr (``lvs-inspect: ...``) and nothing on stdout when it cannot
   start: not root, no such interface, a bad topology (file, line and key named), nft or ip
   missing, the nft table already present (another director in the namespace).
+* ``--toa-port-byteorder host`` is a fault-injection option for the lab: the port in the
+  TOA option of FullNAT services is written in host (little-endian) order, byte-swapped on
+  the wire, as buggy TOA modules and directors do. The default, ``network``, is right.
 * Notices while running (an interface down, a VIP not configured, a next hop that does not
   resolve) are single lines on stderr starting with ``lvs-inspect director:``.
 """
@@ -52,6 +55,10 @@ def register(sub) -> None:
                         "alibaba, dpvs)")
     p.add_argument("--ready-file", metavar="PATH",
                    help="create PATH (holding the pid) once forwarding has started")
+    p.add_argument("--toa-port-byteorder", choices=("network", "host"), default="network",
+                   help="fault injection for the lab: 'host' writes the TOA option's client port "
+                        "byte-swapped (little-endian), as buggy TOA modules/directors do "
+                        "(default: network, the right order)")
     p.set_defaults(func=run)
 
 
@@ -83,7 +90,8 @@ def run(args) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            director = LiveDirector(topo, args.interface, stop=stop)
+            director = LiveDirector(topo, args.interface, stop=stop,
+                                    toa_port_byteorder=args.toa_port_byteorder)
             director.open()
         except DirectorError as e:
             return _fail(str(e))

@@ -133,6 +133,10 @@ def _event(flags: int) -> int:
     return -1
 
 
+#: per TCP flags byte: the event (_TCP_STATES row within a direction), -1 for none
+_EVENTS = tuple(_event(f) for f in range(256))
+
+
 def tcp_next_state(state: int, direction: int, flags: int) -> int:
     """The kernel's next TCP state for a packet with ``flags`` seen in ``direction``
     (``DIR_INPUT``, ``DIR_OUTPUT`` or ``DIR_INPUT_ONLY``)."""
@@ -381,30 +385,27 @@ class ConnTable:
                 cp.flags &= ~F_NOOUTPUT
             else:
                 off = DIR_INPUT_ONLY
-        if flags & RST:
-            new = _TCP_STATES[off + 3][cp.state]
-        elif flags & SYN:
-            new = _TCP_STATES[off][cp.state]
-        elif flags & FIN:
-            new = _TCP_STATES[off + 1][cp.state]
-        elif flags & ACK:
-            new = _TCP_STATES[off + 2][cp.state]
-        else:
-            new = _CL
+        ev = _EVENTS[flags & 0xFF]
+        new = _CL if ev < 0 else _TCP_STATES[off + ev][cp.state]
         if new != cp.state:
-            if not cp.flags & F_INACTIVE:
-                if new != _ES:
-                    d = cp.svc.dests[cp.dest]
-                    d.activeconns -= 1
-                    d.inactconns += 1
-                    cp.flags |= F_INACTIVE
-            elif new == _ES:
-                d = cp.svc.dests[cp.dest]
-                d.activeconns += 1
-                d.inactconns -= 1
-                cp.flags &= ~F_INACTIVE
-            cp.state = new
+            self._state_change(cp, new)
         cp.timeout = self._tcp_to[new]
+
+    @staticmethod
+    def _state_change(cp: Conn, new: int) -> None:
+        """A TCP entry moves to state ``new``: the server's active/inactive counters follow."""
+        if not cp.flags & F_INACTIVE:
+            if new != _ES:
+                d = cp.svc.dests[cp.dest]
+                d.activeconns -= 1
+                d.inactconns += 1
+                cp.flags |= F_INACTIVE
+        elif new == _ES:
+            d = cp.svc.dests[cp.dest]
+            d.activeconns += 1
+            d.inactconns -= 1
+            cp.flags &= ~F_INACTIVE
+        cp.state = new
 
     def packet_in(self, now: float, services, af: int, proto: int, caddr, cport: int, vaddr,
                   vport: int, tcp_flags: int = 0, *, force_dest: int | None = None
@@ -417,13 +418,44 @@ class ConnTable:
         the director would have chosen itself."""
         if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
             raise ValueError(f"protocol {proto}: the connection table holds TCP (6) and UDP (17)")
-        now = self._tick(now)
+        # the clock (_tick, inline: this is the per-packet path)
+        if now < self.clock:
+            now = self.clock
+        else:
+            self.clock = now
+        heap = self._heap
+        if heap and heap[0][0] <= now:
+            self.advance(now)
         if type(caddr) is not int:
             caddr = addr_int(caddr)
         if type(vaddr) is not int:
             vaddr = addr_int(vaddr)
         key = (af, proto, caddr, cport, vaddr, vport)
         cp = self._tab.get(key)
+        if (cp is not None and not (tcp_flags & SYN and proto == IPPROTO_TCP and cp.control is None)
+                and cp.svc.dests[cp.dest].available):
+            # an existing entry and nothing to reschedule: _transition and _arm, inline
+            if proto == IPPROTO_TCP:
+                off = DIR_INPUT
+                cf = cp.flags
+                if cf & F_NOOUTPUT:
+                    off = DIR_INPUT_ONLY
+                ev = _EVENTS[tcp_flags & 0xFF]
+                state = cp.state
+                new = _CL if ev < 0 else _TCP_STATES[off + ev][state]
+                if new != state:
+                    self._state_change(cp, new)
+                cp.timeout = self._tcp_to[new]
+            else:
+                cp.timeout = self._udp_to
+            cp.in_pkts += 1
+            t = now + cp.timeout
+            cp.expires = t
+            if t < cp.heap_time:
+                self._seq += 1
+                heapq.heappush(heap, (t, self._seq, cp))
+                cp.heap_time = t
+            return Verdict.FORWARD, cp
         if cp is not None:
             if tcp_flags & SYN and proto == IPPROTO_TCP and cp.control is None:
                 d = cp.svc.dests[cp.dest]
@@ -485,7 +517,13 @@ class ConnTable:
                    tcp_flags: int = 0) -> Conn | None:
         """A real server's reply reaching the director (NAT, FullNAT): its entry, updated, or
         None when the director has none (the kernel lets such a packet through untouched)."""
-        now = self._tick(now)
+        if now < self.clock:               # _tick, inline
+            now = self.clock
+        else:
+            self.clock = now
+        heap = self._heap
+        if heap and heap[0][0] <= now:
+            self.advance(now)
         if type(raddr) is not int:
             raddr = addr_int(raddr)
         if type(daddr) is not int:
@@ -493,9 +531,25 @@ class ConnTable:
         cp = self._out.get((af, proto, raddr, rport, daddr, dport))
         if cp is None:
             return None
-        self._transition(cp, DIR_OUTPUT, tcp_flags)
+        if proto == IPPROTO_TCP:           # _transition, inline
+            off = DIR_OUTPUT
+            if cp.flags & F_NOOUTPUT:
+                cp.flags &= ~F_NOOUTPUT
+            ev = _EVENTS[tcp_flags & 0xFF]
+            state = cp.state
+            new = _CL if ev < 0 else _TCP_STATES[off + ev][state]
+            if new != state:
+                self._state_change(cp, new)
+            cp.timeout = self._tcp_to[new]
+        else:
+            cp.timeout = self._udp_to
         cp.out_pkts += 1
-        self._arm(cp, now)
+        t = now + cp.timeout               # _arm, inline
+        cp.expires = t
+        if t < cp.heap_time:
+            self._seq += 1
+            heapq.heappush(heap, (t, self._seq, cp))
+            cp.heap_time = t
         return cp
 
     # ------------------------------------------------------------------ scheduling

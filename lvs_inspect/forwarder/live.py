@@ -51,9 +51,11 @@ How a frame travels
   makes the kernel send ARP / neighbour solicitations and keep the entry fresh, without any
   packet to the host; entries the director created are deleted at exit. Up to 64 frames
   per next hop wait for the answer (3 s, then they are dropped as ``no-neighbour``).
-  FullNAT replies of the ``dpvs`` and ``alibaba`` profiles do not route: they go back the
-  way the client's frame came (its source MAC, out of the interface it arrived on), as those
-  implementations' "fast xmit" does (SEMANTICS §1.4).
+  FullNAT replies of a profile with ``reflect_l2`` (``dpvs``, ``alibaba``) do not route: they
+  go back the way the client's frame came (its source MAC, out of the interface it arrived
+  on), as those implementations' "fast xmit" does (SEMANTICS §1.4). FullNAT local addresses
+  and ports come from :class:`~.localports.LocalPorts` (the profile's ``lport_range``), the
+  TOA handling from the profile's ``toa_full`` and ``strip_client_toa``.
 * **The kernel keeps out.** The director's kernel must not also process these packets (it
   would RST SYNs to the VIP, or forward NAT replies a second time). At start an nftables
   table ``netdev lvs_inspect_director`` is installed with an ingress chain per interface that
@@ -68,6 +70,14 @@ How a frame travels
   interfaces (VIP on the client-facing interface, LIPs on the real-server-facing one). The
   table is removed at exit; when it already exists at start (another director in this
   namespace, or a stale one after ``kill -9``) the director refuses to start.
+
+Fault injection (for the lab)
+-----------------------------
+``toa_port_byteorder="host"`` (``lvs-inspect director --toa-port-byteorder host``) writes
+the port in the TOA option little-endian, i.e. byte-swapped on the wire, as TOA modules and
+directors that forget ``htons`` do: the real server's TOA module then reports a wrong client
+port. Everything else stays right, so a trace of it shows exactly that fault. The default,
+``network``, is what every implementation is meant to do (SEMANTICS §4.1).
 
 Not done live: IP reassembly (fragments of service traffic are dropped and counted), SYN
 proxy (a ``synproxy`` service is forwarded without it), LB-originated RSTs on entry expiry
@@ -99,7 +109,10 @@ from collections.abc import Callable, Iterable
 from ..topology.model import Mode, Topology, TunType
 from . import xmit
 from .conntable import IPPROTO_TCP, IPPROTO_UDP, ConnTable, Verdict
+from .localports import LocalPorts
 from .schedulers import ServiceTable
+from .xmit import _final as _csum_field
+from .xmit import _residue
 
 __all__ = [
     "NFT_TABLE",
@@ -135,17 +148,6 @@ TCP, UDP = IPPROTO_TCP, IPPROTO_UDP
 FIN, SYN, RST, PSH, ACK, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x80
 M32 = 0xFFFFFFFF
 
-#: FullNAT local port ranges (SEMANTICS §1.4): Alibaba lport_min..max, DPVS sapool; the
-#: kernel-forwarded FullNAT of the linux profiles (nftables snat) keeps the client's port when free
-LPORT_RANGE = {"alibaba": (5000, 65535), "dpvs": (1025, 65535)}
-LPORT_DEFAULT = (1024, 65535)
-LPORT_TRIES = 10000
-#: profiles whose FullNAT replies go back the client's L2 path ("fast xmit", SEMANTICS §1.4)
-REFLECT_L2 = frozenset(("alibaba", "dpvs"))
-#: what a profile does when the TOA does not fit (SEMANTICS §3, §4.3)
-TOA_FULL = {"dpvs": "prune"}
-#: profiles that replace a client-sent TOA option by NOPs (DPVS PR #925)
-STRIP_CLIENT_TOA = frozenset(("dpvs",))
 
 
 class DirectorError(Exception):
@@ -191,17 +193,6 @@ def _astr(ver: int, addr: int) -> str:
 
 
 # =========================================================================== packet helpers
-
-def _residue(b) -> int:
-    n = int.from_bytes(b, "big")
-    if len(b) & 1:
-        n <<= 8
-    return n % 0xFFFF
-
-
-def _csum_field(res: int) -> int:
-    return 0xFFFF - (res or 0xFFFF)
-
 
 def _ip4_header_checksum(buf: bytearray, l3: int, hl: int) -> None:
     buf[l3 + 10] = buf[l3 + 11] = 0
@@ -637,7 +628,9 @@ class LiveDirector:
 
     ``topology``: the services and real servers; ``interfaces``: the names of the interfaces
     to forward on (client side and real-server side, or one shared segment); ``stop``: set it
-    to end :meth:`run`; ``log``: where one-line notices go (default: stderr).
+    to end :meth:`run`; ``log``: where one-line notices go (default: stderr);
+    ``toa_port_byteorder``: ``"network"`` (right) or ``"host"`` (a fault for the lab: the TOA's
+    port written byte-swapped, see the module docstring).
 
     Use::
 
@@ -651,13 +644,17 @@ class LiveDirector:
 
     def __init__(self, topology: Topology, interfaces: Iterable[str], *, stop: threading.Event,
                  log: Callable[[str], None] | None = None, install_nft: bool = True,
-                 stats_file=sys.stderr):
+                 stats_file=sys.stderr, toa_port_byteorder: str = "network"):
         self.topo = topology
         self.names = list(dict.fromkeys(interfaces))
         if not self.names:
             raise DirectorError("no interface given (-i IFACE)")
         if not topology.services:
             raise DirectorError(f"{topology.source or 'topology'}: no service to forward")
+        if toa_port_byteorder not in xmit.TOA_PORT_BYTEORDERS:
+            raise DirectorError(f"TOA port byte order must be one of "
+                                f"{', '.join(xmit.TOA_PORT_BYTEORDERS)}, not '{toa_port_byteorder}'")
+        self.toa_port_byteorder = toa_port_byteorder
         self.stop = stop
         self.log = log or _default_log
         self.install_nft = install_nft
@@ -670,8 +667,8 @@ class LiveDirector:
         self.neigh = _Neighbours(self.log)
         self._fn: dict = {}
         self._plans: dict = {}
-        self._lip_rr: dict = {}
-        self._lport_next: dict = {}
+        self.ports = LocalPorts(self.profile)
+        self._lips: dict = {}
         self._pending: dict = {}
         self._nft_installed = False
         self._opened = False
@@ -950,7 +947,9 @@ class LiveDirector:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
     def _expired(self, cp, when) -> None:
-        self._fn.pop(cp, None)
+        st = self._fn.pop(cp, None)
+        if st is not None:
+            self.ports.release(st.lip_b, st.lport, _packed(cp.daf, cp.daddr), cp.dport, cp.proto)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
@@ -1199,74 +1198,46 @@ class LiveDirector:
                 return False
         toa_on = False
         if st.toa is not None and proto == TCP:
-            packets = st.toa.packets
-            if flags & SYN and not flags & ACK:
-                toa_on = "syn" in packets
-            elif not flags & (RST | SYN) and flags & ACK and st.r_isn is not None:
-                l4 = 14 + hl
-                ack = int.from_bytes(frame[l4 + 8:l4 + 12], "big")
-                if ack == (st.r_isn + 1) & M32:
-                    if flags & FIN:
-                        toa_on = "fin" in packets
-                    elif len(frame) - l4 - (frame[l4 + 12] >> 4) * 4 > 0:
-                        toa_on = "data" in packets
-                    else:
-                        toa_on = "ack" in packets
+            l4 = 14 + hl
+            toa_on = xmit.toa_wanted(
+                st.toa.packets, flags, int.from_bytes(frame[l4 + 8:l4 + 12], "big"),
+                (st.r_isn + 1) & M32 if st.r_isn is not None else None,
+                len(frame) - l4 - (frame[l4 + 12] >> 4) * 4 > 0)
         return xmit.fullnat_request(
             frame, st.lip_b, st.lport, p.rip_b, cp.dport, seq_delta=st.d1, toa=st.toa,
             toa_on=toa_on, remove_ts=prof.timestamp_removal, ttl_dec=p.ttl_req,
-            src_mac=out_if.mac, dst_mac=mac, toa_full=TOA_FULL.get(prof.name, "skip"),
-            strip_client_toa=prof.name in STRIP_CLIENT_TOA, mtu=out_if.mtu, csum=csum)
+            src_mac=out_if.mac, dst_mac=mac, toa_full=prof.toa_full,
+            strip_client_toa=prof.strip_client_toa, mtu=out_if.mtu, csum=csum,
+            toa_port_byteorder=self.toa_port_byteorder)
 
     def _bind_fullnat(self, frame, ifc, cp, p: _Plan, proto, flags, hl) -> _FullNat | None:
         svc = cp.svc.service
-        lips = [a for a in self.topo.lips_for(svc) if a.version == p.ver]
-        if not lips:
+        lips = self._lips.get(id(svc))
+        if lips is None:
+            lips = self._lips[id(svc)] = [a.packed for a in self.topo.lips_for(svc)]
+        got = self.ports.allocate(id(svc), [a for a in lips if len(a) == len(p.rip_b)],
+                                  p.rip_b, cp.dport, cp.cport, proto)
+        if got is None:
             return None
-        prof = self.profile.name
-        lo, hi = LPORT_RANGE.get(prof, LPORT_DEFAULT)
-        k = id(svc)
-        start = self._lip_rr.get(k, 0)
-        self._lip_rr[k] = start + 1
-        for j in range(len(lips)):
-            lip = lips[(start + j) % len(lips)]
-            li = int(lip)
-            lport = None
-            if prof not in LPORT_RANGE and self.table.lookup_out(
-                    cp.daf, proto, p.rip, cp.dport, li, cp.cport) is None:
-                lport = cp.cport
-            else:
-                nxt = self._lport_next.get(li, lo)
-                span = hi - lo + 1
-                for t in range(min(LPORT_TRIES, span)):
-                    cand = lo + (nxt - lo + t) % span
-                    if self.table.lookup_out(cp.daf, proto, p.rip, cp.dport, li, cand) is None:
-                        lport = cand
-                        self._lport_next[li] = lo + (cand - lo + 1) % span
-                        break
-            if lport is None:
-                continue
-            d1 = 0
-            if self.profile.seq_delta and proto == TCP and flags & SYN:
-                isn = int.from_bytes(frame[14 + hl + 4:14 + hl + 8], "big")
-                d1 = (random.getrandbits(32) - isn) & M32
-            toa = svc.toa if proto == TCP else None
-            st = _FullNat(li, lip.packed, lport, d1, frame[6:12], ifc, toa)
-            self.table.bind_local(cp, li, lport)
-            self._fn[cp] = st
-            return st
-        return None
+        lip_b, lport = got
+        d1 = 0
+        if self.profile.seq_delta and proto == TCP and flags & SYN:
+            isn = int.from_bytes(frame[14 + hl + 4:14 + hl + 8], "big")
+            d1 = (random.getrandbits(32) - isn) & M32
+        toa = svc.toa if proto == TCP else None
+        st = _FullNat(int.from_bytes(lip_b, "big"), lip_b, lport, d1, frame[6:12], ifc, toa)
+        self.table.bind_local(cp, st.lip, lport)
+        self._fn[cp] = st
+        return st
 
     def _reply(self, frame, ifc, cp, ver, hl, proto, end, flags, csum) -> None:
         p = self._plan(cp)
         vip_b = _packed(cp.af, cp.vaddr)
         if p.mode is Mode.NAT:
-            r = self.routes.lookup(ver, cp.caddr)
+            r = self._toward(ver, cp.caddr)
             if r is None:
-                self._drop("no-route")
                 return
-            out_if, nh, _src = r
-            mac = self.neigh.table.get((out_if.name, nh))
+            out_if, nh, mac = r
             icmp_src = ifc.first_addr(ver)
             out = xmit.nat_reply(frame, vip_b, cp.vport, src_mac=out_if.mac, dst_mac=mac,
                                  ttl_dec=p.ttl_rep, mtu=out_if.mtu, csum=csum,
@@ -1279,15 +1250,13 @@ class LiveDirector:
             return
         if proto == TCP and flags & SYN and flags & ACK:
             st.r_isn = int.from_bytes(frame[14 + hl + 4:14 + hl + 8], "big")
-        if self.profile.name in REFLECT_L2:
+        if self.profile.reflect_l2:
             out_if, nh, mac = st.cifc, None, st.cmac
         else:
-            r = self.routes.lookup(cp.af, cp.caddr)
+            r = self._toward(cp.af, cp.caddr)
             if r is None:
-                self._drop("no-route")
                 return
-            out_if, nh, _src = r
-            mac = self.neigh.table.get((out_if.name, nh))
+            out_if, nh, mac = r
         icmp_src = ifc.first_addr(ver)
         out = xmit.fullnat_reply(
             frame, vip_b, cp.vport, _packed(cp.af, cp.caddr), cp.cport, seq_delta=st.d1,
@@ -1296,15 +1265,23 @@ class LiveDirector:
             icmp_src=_packed(ver, icmp_src) if icmp_src else None)
         self._emit(out, ifc, out_if, nh, mac, "fullnat", cp.af)
 
-    def _route_untouched(self, frame, ifc, ver, dst) -> None:
-        """A NAT real server's packet without a connection, forwarded by the kernel as it is
-        (SEMANTICS §1.1: the RIP leaks toward the client)."""
+    def _toward(self, ver, dst):
+        """(egress interface, next hop, its MAC or None) of a routed packet to ``dst``; None
+        (counted as ``no-route``) without a route."""
         r = self.routes.lookup(ver, dst)
         if r is None:
             self._drop("no-route")
+            return None
+        out_if, nh, _src = r
+        return out_if, nh, self.neigh.table.get((out_if.name, nh))
+
+    def _route_untouched(self, frame, ifc, ver, dst) -> None:
+        """A NAT real server's packet without a connection, forwarded by the kernel as it is
+        (SEMANTICS §1.1: the RIP leaks toward the client)."""
+        r = self._toward(ver, dst)
+        if r is None:
             return
-        out_if, nh, _ = r
-        mac = self.neigh.table.get((out_if.name, nh))
+        out_if, nh, mac = r
         out = xmit.dr(frame, src_mac=out_if.mac, rs_mac=mac, ttl_dec=1,
                       mtu=out_if.mtu, icmp_src=_packed(ver, ifc.first_addr(ver) or 0))
         self.counts["forwarded_untouched"] += 1

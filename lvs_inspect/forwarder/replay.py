@@ -61,13 +61,20 @@ adopted as the kernel's ``sloppy_tcp`` would. A NAT reply that finds no entry is
 unchanged, as the kernel does (:attr:`ReplayResult.unmatched_replies`).
 
 Speed: decoding and stitching are whole-column numpy work (:func:`lvs_inspect.capture.read_table`,
-:func:`lvs_inspect.flows.stitch`); the frames' bytes are read again per record batch (one
-bytes copy of the batch, then a slice per frame); the per-packet loop is a connection-table
-call and a transmit call (``timings`` has each stage's seconds; bench/bench_replay.py).
+without checksum verification: the inputs' checksums are checked here, only theirs;
+:func:`lvs_inspect.flows.stitch`); the inputs' bytes are read again into one buffer. The
+per-packet loop is the connection table's; it leaves the common packets — untagged IPv4
+TCP/UDP with a right checksum, not expiring, and for FullNAT without SYN, TOA, client TOA
+or SACK work — to :mod:`.xmit_batch`, which rewrites them all at once with numpy (RFC 1624
+incremental checksums, byte for byte what :mod:`.xmit` gives; ``batch=False`` turns it
+off), and calls the :mod:`.xmit` functions for the others. The cyclic garbage collector is
+off during a replay. ``timings`` has each stage's seconds; bench/bench_replay.py.
 """
 from __future__ import annotations
 
+import gc
 import ipaddress
+import mmap
 import time
 import zlib
 from collections import Counter
@@ -84,8 +91,11 @@ from ..flows import stitch
 from ..flows.legs import C_D, D_C, D_R, LEGS, MODE_CODES, R_C, R_D, ROLE_CODES
 from ..net import format_ip_port
 from ..topology.model import Mode, Topology, TunType
+from ..capture.schema import OPT_BIT
 from . import xmit as X
+from . import xmit_batch as XB
 from .conntable import ConnTable, Verdict
+from .localports import LocalPorts, NoLocalPort
 from .schedulers import ServiceTable
 
 __all__ = ["replay", "ReplayResult", "Disagreement", "LocalPorts", "COMMENT_PREFIX",
@@ -236,54 +246,8 @@ def connection_text(cip, cport: int, vip, vport: int, proto: int) -> str:
     return f"{format_ip_port(cip, int(cport))} > {format_ip_port(vip, int(vport))}/{p}"
 
 
-# =========================================================================== FullNAT ports
-
-class LocalPorts:
-    """FullNAT local address and port allocation where the trace does not show them
-    (SEMANTICS §1.4): the service's LIPs in round robin; ports per LIP sequential from 5000
-    (Alibaba LVS), from 1025 (DPVS), or the client's own port when free (a Linux kernel
-    FullNAT-shaped set-up: nftables snat). A (LIP, lport, RIP, rport) tuple in use is skipped;
-    :meth:`release` frees it when the entry expires."""
-
-    def __init__(self, profile_name: str):
-        self.style = profile_name
-        self.low = 5000 if profile_name == "alibaba" else 1025
-        self._rr: dict[int, int] = {}
-        self._next: dict[bytes, int] = {}
-        self._used: set[tuple] = set()
-
-    def pick_lip(self, svc_key: int, lips: Sequence[bytes]) -> bytes:
-        """The next local address of a service (round robin)."""
-        i = self._rr.get(svc_key, 0)
-        self._rr[svc_key] = i + 1
-        return lips[i % len(lips)]
-
-    def take_port(self, lip: bytes, rip: bytes, rport: int, cport: int) -> int:
-        """A free local port on ``lip`` toward ``rip:rport``, now in use."""
-        span = 65536 - self.low
-        if self.style.startswith("linux") and (lip, cport, rip, rport) not in self._used:
-            port = cport
-        else:
-            nxt = self._next.get(lip, 0)
-            for step in range(span):
-                port = self.low + (nxt + step) % span
-                if (lip, port, rip, rport) not in self._used:
-                    self._next[lip] = nxt + step + 1
-                    break
-            else:
-                raise XmitFull(f"no local port left on {ipaddress.ip_address(lip)}")
-        self._used.add((lip, port, rip, rport))
-        return port
-
-    def hold(self, lip: bytes, port: int, rip: bytes, rport: int) -> None:
-        self._used.add((lip, port, rip, rport))
-
-    def release(self, lip: bytes, port: int, rip: bytes, rport: int) -> None:
-        self._used.discard((lip, port, rip, rport))
-
-
-class XmitFull(X.XmitError):
-    """No local port left (the director logs "no port available")."""
+#: no local port or address left for a new FullNAT entry
+XmitFull = NoLocalPort
 
 
 # =========================================================================== helpers
@@ -291,9 +255,8 @@ class XmitFull(X.XmitError):
 class _Dest:
     """Transmit parameters of one real server of one service (computed once)."""
 
-    __slots__ = ("mode", "rs_ip", "rs_mac", "src_mac", "ttl_req", "ttl_rep", "tun_kind",
-                 "tun_known", "tun_port", "tun_csum", "outer_src", "toa", "toa_syn", "toa_ack", "toa_data",
-                 "toa_fin", "mss_reduce", "remove_ts", "toa_full", "strip_toa", "seq_delta",
+    __slots__ = ("ver", "mode", "rs_ip", "rs_mac", "src_mac", "ttl_req", "ttl_rep", "tun_kind",
+                 "tun_known", "tun_port", "tun_csum", "outer_src", "toa", "mss_reduce", "remove_ts", "toa_full", "strip_toa", "seq_delta",
                  "lips", "endpoint", "svc_key")
 
 
@@ -301,7 +264,7 @@ class _Conn:
     """What the replay keeps per connection entry besides the table's own state."""
 
     __slots__ = ("d", "c", "lip", "lport", "d1", "gue_sport", "isn1", "first_ack",
-                 "cmac_src", "cmac_dst", "vip", "vport", "cip", "cport")
+                 "cmac_src", "cmac_dst", "vip", "vport", "cip", "cport", "vq", "vv", "vr", "vg")
 
 
 def _packed(value: int, af: int) -> bytes:
@@ -350,13 +313,29 @@ def _most_common(values: np.ndarray, exclude=()) -> int:
     return int(u[np.argmax(c)])
 
 
-def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray) -> list[bytes]:
-    """The captured bytes of table rows ``rows`` (any order), read again from the inputs
-    (slices of one bytes copy per record batch), with an Ethernet header put in front of frames of
-    other link types."""
-    out: list = [None] * len(rows)
-    if len(rows) == 0:
-        return out
+def _buffer(size: int):
+    """A writable buffer of ``size`` zero bytes whose slices are ``bytes``: anonymous memory
+    with transparent huge pages where the kernel has them (a 4 KB page fault per 4 KB is what
+    a large fresh buffer costs most)."""
+    m = mmap.mmap(-1, max(size, 1))
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return m
+
+
+def _gather_frames(paths: Sequence[str], table: PacketTable,
+                   rows: np.ndarray) -> tuple[mmap.mmap, np.ndarray, np.ndarray]:
+    """The captured bytes of table rows ``rows`` (any order), read again from the inputs, in
+    one buffer: (buffer, offset of row i's frame, its length). Frames of other link types are
+    given an Ethernet header (those frames are placed after the others)."""
+    n_rows = len(rows)
+    off = np.zeros(n_rows, dtype=np.int64)
+    ln = np.zeros(n_rows, dtype=np.int64)
+    if n_rows == 0:
+        return _buffer(64), off, ln
     inp = table["input"]
     order = np.argsort(rows, kind="stable")
     srows = rows[order]
@@ -364,6 +343,14 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray) -
     frame_col = table["frame"]
     vantages = table.vantages
     linktype = np.array([v.linktype for v in vantages] or [1], dtype=np.int64)
+    # other link types get an Ethernet header: room for the rewritten frames after the rest
+    caplen = table["caplen"][rows].astype(np.int64)
+    lt = linktype[table["iface"][rows]]
+    odd = np.flatnonzero(lt != _LINK_ETHERNET)
+    raw = int(caplen.sum())
+    # (64 bytes to spare at the end: xmit_batch reads whole header rows)
+    buf = _buffer(raw + int(caplen[odd].sum()) + 14 * len(odd) + 64)
+    at = 0
     for i, path in enumerate(paths):
         lo, hi = np.searchsorted(srows, [starts[i], starts[i + 1]])
         if lo == hi:
@@ -380,11 +367,18 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray) -
                 if not np.array_equal(batch.frame[local], frame_col[srows[lo + j:lo + k]]):
                     raise InputError(path, "the file changed while it was being replayed (frame "
                                      "numbers differ on the second read)")
-                blob = batch.buf.tobytes()         # one copy of the chunk; frames are slices
-                a = batch.data_off[local].tolist()
-                e = (batch.data_off[local] + batch.caplen[local]).tolist()
-                for d, x, y in zip(order[lo + j:lo + k].tolist(), a, e):
-                    out[d] = blob[x:y]
+                a = batch.data_off[local].astype(np.int64)
+                size = batch.caplen[local].astype(np.int64)
+                mv = memoryview(batch.buf)
+                chunk = b"".join([mv[x:y] for x, y in zip(a.tolist(), (a + size).tolist())])
+                if at + len(chunk) > raw:
+                    raise InputError(path, "the file changed while it was being replayed "
+                                     "(frame lengths differ on the second read)")
+                buf[at:at + len(chunk)] = chunk
+                dest = order[lo + j:lo + k]
+                off[dest] = at + np.cumsum(size) - size
+                ln[dest] = size
+                at += len(chunk)
                 j = k
             pos += n
             if j >= len(want):
@@ -392,20 +386,21 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray) -
         if j < len(want):
             raise InputError(path, "the file is shorter on the second read than on the first")
     # other link types: an Ethernet header from the decoded columns
-    lt = linktype[table["iface"][rows]]
-    odd = np.flatnonzero(lt != _LINK_ETHERNET)
     if len(odd):
         esrc = table["eth_src"][rows[odd]].tolist()
         etype = table["ethertype"][rows[odd]].tolist()
         for t, o, s, e in zip(lt[odd].tolist(), odd.tolist(), esrc, etype):
-            f = out[o]
+            f = buf[off[o]:off[o] + ln[o]]
             cut = 16 if t == _LINK_SLL else 20 if t == _LINK_SLL2 else 0 if t in _LINK_RAW else None
             if cut is None:
                 continue
             if t in _LINK_RAW and f:
                 e = 0x86DD if f[0] >> 4 == 6 else 0x0800
-            out[o] = b"\0" * 6 + s.to_bytes(6, "big") + e.to_bytes(2, "big") + f[cut:]
-    return out
+            f = b"\0" * 6 + s.to_bytes(6, "big") + e.to_bytes(2, "big") + f[cut:]
+            buf[at:at + len(f)] = f
+            off[o], ln[o] = at, len(f)
+            at += len(f)
+    return buf, off, ln
 
 
 def _outer_source(rs_ip, ips) -> bytes | None:
@@ -425,10 +420,26 @@ def _outer_source(rs_ip, ips) -> bytes | None:
 # =========================================================================== replay
 
 def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | None = None,
-           flows=None, follow_trace: bool = True, **reader_kwargs) -> ReplayResult:
+           flows=None, follow_trace: bool = True, batch: bool = True,
+           **reader_kwargs) -> ReplayResult:
     """Feed what reached the director in ``traces`` through the model and return the frames it
     should have sent. ``table``/``flows`` may be given when already read (same traces);
-    ``follow_trace=False`` lets the model decide everything (real servers, LIPs, ports, D1)."""
+    ``follow_trace=False`` lets the model decide everything (real servers, LIPs, ports, D1);
+    ``batch=False`` makes every frame with the per-packet functions of :mod:`.xmit` (the same
+    bytes, slower: for tests)."""
+    # millions of short-lived objects and no reference cycles: the cyclic garbage collector
+    # would only walk them again and again (a quarter of the per-packet loop)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        return _replay(traces, topology, table=table, flows=flows, follow_trace=follow_trace,
+                       batch=batch, **reader_kwargs)
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwargs):
     paths = [str(p) for p in traces]
     for p in paths:
         if p == "-":
@@ -438,7 +449,8 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
     timings = {}
     t0 = clock()
     if table is None:
-        table = read_table(paths, **reader_kwargs)
+        # the checksums that matter (the inputs') are checked by _batch_shapes
+        table = read_table(paths, **{"checksums": False, **reader_kwargs})
     t1 = clock()
     timings["read"] = t1 - t0
     if flows is None:
@@ -553,13 +565,23 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
     # ---------------------------------------------------------------- per input columns
     t1 = clock()
     timings["prepare"] = t1 - t0
-    frames = _gather_frames(paths, table, rows)
+    inbuf, f_off, f_len = _gather_frames(paths, table, rows)
     t0 = clock()
     timings["gather"] = t0 - t1
     if ttl_fix is not None:
         fix = ttl_fix[rows]
         for k in np.flatnonzero(fix).tolist():
-            frames[k] = _set_ttl_delta(frames[k], int(fix[k]))
+            o, n = int(f_off[k]), int(f_len[k])
+            inbuf[o:o + n] = _set_ttl_delta(inbuf[o:o + n], int(fix[k]))
+    # the batch paths each input frame may take (xmit_batch), and its IPv4 TTL
+    vk, ttl_in = _batch_shapes(table, rows, inbuf, f_off, f_len, batch)
+    inview = memoryview(inbuf)
+    offs = f_off.tolist()
+    ends = (f_off + f_len).tolist()
+    frames: list = [None] * n_in          # expected frames made one by one
+    vop = [0] * n_in                      # or the batch operation (_V_*) that makes it
+    vpar = [0] * n_in                     # and its parameter row
+    vparams: list = []
     ts0 = int(ts_col[rows].min()) if n_in else 0
     ts_s = ((ts_col[rows] - ts0) / 1e9).tolist()
     af = np.where(table["ip_ver"][rows] == 6, 6, 4).tolist()
@@ -602,13 +624,13 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
     learn_lips = not lips_cfg
 
     # ---------------------------------------------------------------- the model
-    ports = LocalPorts(profile.name)
+    ports = LocalPorts(profile)
     states: dict = {}
 
     def on_expire(cp, when):
         s = states.pop(cp, None)
         if s is not None and s.lip is not None:
-            ports.release(s.lip, s.lport, s.d.rs_ip, cp.dport)
+            ports.release(s.lip, s.lport, s.d.rs_ip, cp.dport, cp.proto)
 
     ct = ConnTable.for_topology(topo, on_expire=on_expire)
     dests: dict = {}
@@ -624,6 +646,7 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
         svc = svc_state.service
         rs = svc.real_servers[j]
         d = _Dest()
+        d.ver = 0                      # + 1 whenever a transmit parameter changes
         d.mode = _MODE_OF[rs.mode]
         d.rs_ip = rs.ip.packed
         d.endpoint = rs.endpoint
@@ -645,12 +668,10 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
         d.outer_src = _outer_source(rs.ip, topo.director.ips)
         toa = svc.toa if d.mode == _FNAT else None
         d.toa = toa
-        pk = toa.packets if toa is not None else frozenset()
-        d.toa_syn, d.toa_ack, d.toa_data, d.toa_fin = ("syn" in pk, "ack" in pk, "data" in pk, "fin" in pk)
         d.mss_reduce = svc.mss_reduction(profile)
         d.remove_ts = profile.timestamp_removal
-        d.toa_full = "prune" if profile.name == "dpvs" else "skip"
-        d.strip_toa = profile.name == "dpvs"
+        d.toa_full = profile.toa_full
+        d.strip_toa = profile.strip_client_toa
         d.seq_delta = profile.seq_delta
         d.lips = [a.packed for a in topo.lips_for(svc) if a.version == rs.ip.version]
         d.svc_key = id(svc_state)
@@ -673,11 +694,13 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
     packet_in, packet_out = ct.packet_in, ct.packet_out
     nat_request, nat_reply, xdr, xtun = X.nat_request, X.nat_reply, X.dr, X.tun
     fn_req, fn_rep = X.fullnat_request, X.fullnat_reply
+    toa_wanted = X.toa_wanted
     XmitError, IcmpError = X.XmitError, X.IcmpError
     NEW, FORWARD, NOT_SCHEDULED = Verdict.NEW, Verdict.FORWARD, Verdict.NOT_SCHEDULED
     get_state = states.get
-    cols = zip(range(n_in), frames, cid, flags, kinds, ts_s, af, proto, src, sport, dst, dport)
-    for k, f, c, fl, kd, t, a_, pr, sa, sp, da, dp in cols:
+    cols = zip(range(n_in), cid, flags, kinds, ts_s, af, proto, src, sport, dst, dport, vk,
+               ttl_in)
+    for k, c, fl, kd, t, a_, pr, sa, sp, da, dp, vk_, ttl_ in cols:
         if kd == _KIND_CLIENT:
             # ------------------------------------------------ a client packet
             force = force_of[c]
@@ -731,18 +754,56 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
                         continue
                 if d.rs_mac is None and rsmac_of[c]:
                     d.rs_mac = bmac(rsmac_of[c])
+                    d.ver += 1
                 if d.mode == _TUN and not d.tun_known and tun_of[c]:
                     # the tunnel type is not in the topology (ipvsadm -Ln does not show it)
                     d.tun_kind = _TUN_NAMES.get(tun_of[c], d.tun_kind)
                     if tun_of[c] == 3 and gport_of[c]:
                         d.tun_port = gport_of[c]
                     d.tun_known = True
+                    d.ver += 1
                     followed["tunnel types"] += 1
                 states[cp] = s
             else:
                 drop(k, _VERDICT_REASON.get(verdict, str(verdict)))
                 continue
             m = d.mode
+            if m == _NAT:
+                if vk_ & _VK_L4 and ttl_ > d.ttl_req:
+                    pid = s.vq if s.vv == d.ver else _vq(s, d, cp, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_REWRITE, pid, D_R
+                        continue
+            elif m == _DR:
+                if vk_ & _VK_IP4 and ttl_ > d.ttl_req:
+                    pid = s.vq if s.vv == d.ver else _vq(s, d, cp, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_DR, pid, D_R
+                        continue
+            elif m == _TUN:
+                if vk_ & _VK_WHOLE and ttl_ > d.ttl_req:
+                    if s.vv != d.ver and s.gue_sport is None and d.tun_kind == "gue":
+                        # the flow hash of a whole packet: the same for all of the connection's
+                        s.vg = X.gue_source_port(bytes(inview[offs[k] + 14:ends[k]]))
+                    pid = s.vq if s.vv == d.ver else _vq(s, d, cp, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_TUN, pid, D_R
+                        continue
+            else:
+                toa_on = False
+                if d.toa is not None and pr == 6:
+                    a = ack[k]
+                    if s.first_ack is None and not fl & _SYN:
+                        s.first_ack = a       # R's SYN-ACK not in the trace: the first ack
+                    toa_on = toa_wanted(d.toa.packets, fl, a,
+                                        s.isn1 if s.isn1 is not None else s.first_ack,
+                                        plen[k] > 0)
+                if not toa_on and vk_ & _VK_FN_REQ and ttl_ > d.ttl_req:
+                    pid = s.vq if s.vv == d.ver else _vq(s, d, cp, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_REWRITE, pid, D_R
+                        continue
+            f = bytes(inview[offs[k]:ends[k]])
             try:
                 if m == _NAT:
                     out = nat_request(f, d.rs_ip, cp.dport, src_mac=d.src_mac, dst_mac=d.rs_mac,
@@ -757,18 +818,6 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
                                ttl_dec=d.ttl_req, gue_port=d.tun_port, gue_sport=s.gue_sport,
                                src_mac=d.src_mac, dst_mac=d.rs_mac, csum=d.tun_csum)
                 else:
-                    toa_on = False
-                    if d.toa is not None and pr == 6:
-                        if fl & _SYN:
-                            toa_on = d.toa_syn and not fl & _ACK
-                        else:
-                            a = ack[k]
-                            if s.first_ack is None:
-                                s.first_ack = a
-                            want = s.isn1 if s.isn1 is not None else s.first_ack
-                            toa_on = (a == want and not fl & _RST
-                                      and (d.toa_data if plen[k] else d.toa_ack)
-                                      and (d.toa_fin or not fl & _FIN))
                     out = fn_req(f, s.lip, s.lport, d.rs_ip, cp.dport, seq_delta=s.d1,
                                  toa=d.toa, toa_on=toa_on, remove_ts=d.remove_ts,
                                  ttl_dec=d.ttl_req, src_mac=d.src_mac, dst_mac=d.rs_mac,
@@ -795,6 +844,7 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
                 continue
             d = s.d
             m = d.mode
+            f = bytes(inview[offs[k]:ends[k]])
             try:
                 if kd == _KIND_ICMP_C:
                     if m == _NAT:
@@ -844,7 +894,7 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
                 if conn_mode[c] == _NAT and profile.name != "dpvs":
                     # no entry: the kernel forwards the reply unchanged (SEMANTICS §1.1)
                     try:
-                        out = nat_reply(f, _packed(sa, a_), None, src_mac=cside_b,
+                        out = nat_reply(bytes(inview[offs[k]:ends[k]]), _packed(sa, a_), None, src_mac=cside_b,
                                         dst_mac=bmac(esrc_of[c]) or gateway_b,
                                         ttl_dec=profile.ttl_decrement(Mode.NAT, "reply"))
                     except XmitError as e:
@@ -864,13 +914,26 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
                 drop(k, "entry created outside the replay")
                 continue
             d = s.d
+            if d.mode == _NAT:
+                if vk_ & _VK_L4 and ttl_ > d.ttl_rep:
+                    pid = s.vr if s.vr >= 0 else _vr(s, d, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_REWRITE, pid, D_C
+                        continue
+            elif d.mode == _FNAT:
+                if pr == 6 and fl & 0x12 == 0x12:
+                    s.isn1 = (seq[k] + 1) & 0xFFFFFFFF
+                if vk_ & _VK_FN_REP and ttl_ > d.ttl_rep:
+                    pid = s.vr if s.vr >= 0 else _vr(s, d, vparams)
+                    if pid >= 0:
+                        vop[k], vpar[k], out_leg[k] = _V_REWRITE, pid, D_C
+                        continue
+            f = bytes(inview[offs[k]:ends[k]])
             try:
                 if d.mode == _NAT:
                     out = nat_reply(f, s.vip, s.vport, src_mac=s.cmac_dst, dst_mac=s.cmac_src,
                                     ttl_dec=d.ttl_rep)
                 elif d.mode == _FNAT:
-                    if pr == 6 and fl & 0x12 == 0x12:
-                        s.isn1 = (seq[k] + 1) & 0xFFFFFFFF
                     out = fn_rep(f, s.vip, s.vport, s.cip, s.cport, seq_delta=s.d1,
                                  mss_reduce=d.mss_reduce, ttl_dec=d.ttl_rep,
                                  src_mac=s.cmac_dst, dst_mac=s.cmac_src)
@@ -887,6 +950,9 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
             out_leg[k] = D_R if (type(out) is not bytes and isinstance(out, IcmpError)) else D_C
     t1 = clock()
     timings["model"] = t1 - t0
+    # ---------------------------------------------------------------- batch transmit
+    del inview
+    v_end = _batch_transmit(inbuf, f_off, vop, vpar, vparams, frames)
     drops = Counter({r: n for r, n in drops.items() if n})
     tunnel_reason = ("ICMP error about the director's tunnel packet (its relay to the client, a new "
                      "ICMP from the director, is not modelled)")
@@ -896,10 +962,23 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
     leg_arr = np.array(out_leg, dtype=np.uint8)
     ok = np.flatnonzero(leg_arr)
     src_rows = rows[ok]
-    out_frames = [frames[i] for i in ok.tolist()]
-    del frames
-    inputs_by_leg = Counter("icmp-error" if kd >= _KIND_ICMP_C else LEGS[int(x)]
-                            for x, kd in zip(leg[rows].tolist(), kinds)) if n_in else Counter()
+    made = inbuf                          # its slices are bytes
+    del inbuf
+    in_place = v_end[ok] > 0
+    out_frames = list(map(made.__getitem__, map(slice, f_off[ok].tolist(), v_end[ok].tolist())))
+    for i, k in zip(np.flatnonzero(~in_place).tolist(), ok[~in_place].tolist()):
+        out_frames[i] = frames[k]
+    del frames, made
+    timings["transmit"] = clock() - t1
+    inputs_by_leg: Counter = Counter()
+    if n_in:
+        icmp_in = kind >= _KIND_ICMP_C
+        for i, n in enumerate(np.bincount(leg[rows][~icmp_in].astype(np.int64),
+                                          minlength=len(LEGS)).tolist()):
+            if n:
+                inputs_by_leg[LEGS[i]] = n
+        if icmp_in.any():
+            inputs_by_leg["icmp-error"] = int(icmp_in.sum())
     return ReplayResult(
         traces=paths, topology=topo, vantages=list(table.vantages), frames=out_frames,
         leg=leg_arr[ok],
@@ -919,6 +998,137 @@ def replay(traces: Sequence[str], topology: Topology, *, table: PacketTable | No
         disagreements=_fix_inputs(disagreements, table),
         followed=followed, notes=_dedup(result_notes + _order_hint(disagreements, new_conns)),
         timings=timings, new_connections=sum(new_conns.values()), unmatched_replies=unmatched)
+
+
+# =========================================================================== batch transmit
+
+#: batch operations (xmit_batch) an input frame's expected frame comes from
+_V_REWRITE, _V_DR, _V_TUN = 1, 2, 3
+#: bits of _batch_shapes: xmit_batch.shape's, and the FullNAT segments without option work
+_VK_IP4, _VK_L4, _VK_WHOLE = XB.IP4, XB.L4, XB.WHOLE
+_VK_FN_REQ, _VK_FN_REP = 8, 16
+_OPT_TOA = (1 << OPT_BIT["toa"]) | (1 << OPT_BIT["other"])
+_OPT_SACK = 1 << OPT_BIT["sack"]
+#: columns of a batch parameter row
+(_P_TTL, _P_SRC, _P_DST, _P_SPORT, _P_DPORT, _P_SEQ, _P_ACK, _P_SMAC, _P_DMAC, _P_TUN,
+ _P_GSPORT, _P_GDPORT) = range(12)
+
+
+def _batch_shapes(table: PacketTable, rows: np.ndarray, buf: bytearray, off: np.ndarray,
+                  n: np.ndarray, batch: bool = True) -> tuple[list, list]:
+    """Per input: the batch paths it may take (_VK_* bits) and its IPv4 TTL (0 if none)."""
+    if len(rows) == 0:
+        return [], []
+    if not batch:
+        return [0] * len(rows), [0] * len(rows)
+    b = np.frombuffer(buf, dtype=np.uint8)
+    sh = XB.shape(b, off, n).astype(np.int64)
+    l4 = (sh & _VK_L4) != 0
+    plain = l4 & ((table["tcp_flags"][rows] & _SYN) == 0)
+    opts = table["tcp_opts"][rows]
+    sh |= np.where(plain & ((opts & _OPT_TOA) == 0), _VK_FN_REQ, 0)
+    sh |= np.where(plain & ((opts & _OPT_SACK) == 0), _VK_FN_REP, 0)
+    ttl = np.where(sh & _VK_IP4, b[np.minimum(off + 22, max(len(b) - 1, 0))], 0)
+    return sh.tolist(), ttl.tolist()
+
+
+def _mac_int(m) -> int:
+    return int.from_bytes(m, "big") if m is not None else -1
+
+
+def _vq(s: _Conn, d: _Dest, cp, vparams: list) -> int:
+    """The batch parameter row of a connection's packets toward the real server (-1: the
+    per-packet functions must make them: another address family)."""
+    smac, dmac = _mac_int(d.src_mac), _mac_int(d.rs_mac)
+    m, pid = d.mode, -1
+    if m == _NAT:
+        if len(d.rs_ip) == 4:
+            pid = len(vparams)
+            vparams.append((d.ttl_req, -1, int.from_bytes(d.rs_ip, "big"), -1,
+                            cp.dport or -1, 0, 0, smac, dmac, 0, 0, 0))
+    elif m == _DR:
+        pid = len(vparams)
+        vparams.append((d.ttl_req, -1, -1, -1, -1, 0, 0, smac, dmac, 0, 0, 0))
+    elif m == _TUN:
+        code = XB.TUN_CODES.get(d.tun_kind, 0)
+        if (code and len(d.rs_ip) == 4 and not d.tun_csum and d.outer_src is not None
+                and len(d.outer_src) == 4):
+            gs = s.gue_sport if s.gue_sport is not None else s.vg
+            if code != 3 or gs is not None:
+                pid = len(vparams)
+                vparams.append((d.ttl_req, int.from_bytes(d.outer_src, "big"),
+                                int.from_bytes(d.rs_ip, "big"), -1, -1, 0, 0, smac, dmac, code,
+                                gs or 0, d.tun_port))
+    elif len(d.rs_ip) == 4 and s.lip is not None and len(s.lip) == 4:
+        pid = len(vparams)
+        vparams.append((d.ttl_req, int.from_bytes(s.lip, "big"), int.from_bytes(d.rs_ip, "big"),
+                        s.lport, cp.dport, s.d1, 0, smac, dmac, 0, 0, 0))
+    s.vq, s.vv = pid, d.ver
+    return pid
+
+
+def _vr(s: _Conn, d: _Dest, vparams: list) -> int:
+    """The batch parameter row of a connection's replies toward the client (-1: none)."""
+    pid = -1
+    if len(s.vip) == 4:
+        smac, dmac = _mac_int(s.cmac_dst), _mac_int(s.cmac_src)
+        pid = len(vparams)
+        if d.mode == _NAT:
+            vparams.append((d.ttl_rep, int.from_bytes(s.vip, "big"), -1, s.vport or -1, -1,
+                            0, 0, smac, dmac, 0, 0, 0))
+        else:
+            vparams.append((d.ttl_rep, int.from_bytes(s.vip, "big"), int.from_bytes(s.cip, "big"),
+                            s.vport, s.cport, 0, -s.d1, smac, dmac, 0, 0, 0))
+    s.vr = pid
+    return pid
+
+
+def _batch_transmit(buf: bytearray, off: np.ndarray, vop: list, vpar: list, vparams: list,
+                    frames: list) -> np.ndarray:
+    """Make the expected frames of the inputs the loop left to xmit_batch (``vop``): NAT,
+    FullNAT and DR in place in ``buf`` (frame k is then ``buf[off[k]:end[k]]``), TUN into
+    ``frames``. Returns ``end`` (0 for the frames not made here)."""
+    ops = np.array(vop, dtype=np.int8)
+    todo = np.flatnonzero(ops)
+    if len(todo) == 0:
+        return np.zeros(len(off), dtype=np.int64)
+    b = np.frombuffer(buf, dtype=np.uint8)
+    par = np.array(vpar, dtype=np.int64)
+    cols = np.array(vparams, dtype=np.int64).reshape(-1, 12).T.copy()   # one row per parameter
+    o = off[todo]
+    ends = np.zeros(len(off), dtype=np.int64)
+    ends[todo] = o + 14 + ((b[o + 16].astype(np.int64) << 8) | b[o + 17])
+    sel = np.flatnonzero(ops == _V_REWRITE)
+    if len(sel):
+        ps = par[sel]
+        XB.rewrite4(b, off[sel], ttl_dec=cols[_P_TTL][ps], src=cols[_P_SRC][ps],
+                    dst=cols[_P_DST][ps], sport=cols[_P_SPORT][ps], dport=cols[_P_DPORT][ps],
+                    seq_add=cols[_P_SEQ][ps], ack_add=cols[_P_ACK][ps],
+                    src_mac=cols[_P_SMAC][ps], dst_mac=cols[_P_DMAC][ps], end=ends[sel])
+    sel = np.flatnonzero(ops == _V_DR)
+    if len(sel):
+        ps = par[sel]
+        XB.dr4(b, off[sel], ttl_dec=cols[_P_TTL][ps], src_mac=cols[_P_SMAC][ps],
+               dst_mac=cols[_P_DMAC][ps])
+    tun = []
+    sel = np.flatnonzero(ops == _V_TUN)
+    for code in (1, 2, 3):
+        g = sel[cols[_P_TUN][par[sel]] == code] if len(sel) else sel
+        if len(g):
+            ps = par[g]
+            h = XB.tun4(b, off[g], ends[g], kind=code, ttl_dec=cols[_P_TTL][ps],
+                        outer_src=cols[_P_SRC][ps], outer_dst=cols[_P_DST][ps],
+                        gue_sport=cols[_P_GSPORT][ps], gue_dport=cols[_P_GDPORT][ps],
+                        src_mac=cols[_P_SMAC][ps], dst_mac=cols[_P_DMAC][ps])
+            tun.append((g, h))
+    del b
+    for g, h in tun:
+        w = h.shape[1]
+        hb = h.tobytes()
+        for i, (k, o, e) in enumerate(zip(g.tolist(), off[g].tolist(), ends[g].tolist())):
+            frames[k] = hb[i * w:(i + 1) * w] + buf[o + 14:e]
+        ends[g] = 0                    # made here, not in place
+    return ends
 
 
 _VERDICT_REASON = {
@@ -965,6 +1175,7 @@ def _new_state(cp, c: int, d: _Dest, gue: int, esrc: int, edst: int, gateway_b, 
     if s.gue_sport is not None:
         followed["GUE source ports"] += 1
     s.d1 = 0
+    s.vq, s.vv, s.vr, s.vg = -1, -1, -1, None      # batch parameter rows (see _vq, _vr)
     return s
 
 
@@ -1209,19 +1420,21 @@ def _bind_fullnat(ct: ConnTable, cp, s: _Conn, d: _Dest, ports: LocalPorts, obs_
     if seen is not None and (learn or seen in lips_cfg):
         lip = seen
         followed["FullNAT local addresses"] += 1
+    elif seen is None:
+        got = ports.allocate(d.svc_key, d.lips, d.rs_ip, cp.dport, cp.cport, cp.proto)
+        if got is None:
+            raise XmitFull("no local address of the real server's family" if not d.lips else
+                           "no local port left on any local address of the service")
+        s.lip, s.lport = got
+        ct.bind_local(cp, int.from_bytes(got[0], "big"), got[1])
+        return
     else:
-        lips = d.lips or ([seen] if seen is not None else [])
-        if not lips:
-            raise XmitFull("no local address of the real server's family")
-        lip = ports.pick_lip(d.svc_key, lips)
-        if seen is not None:
+        lip = ports.pick_lip(d.svc_key, d.lips or [seen])
+        if d.lips:
             notes.append(f"the trace uses {ipaddress.ip_address(seen)} as a FullNAT local address, "
                          "which the topology does not list: the expected frames use the topology's")
-    if follow and obs_lport >= 0 and seen is not None:
-        port = obs_lport
-        ports.hold(lip, port, d.rs_ip, cp.dport)
-        followed["FullNAT local ports"] += 1
-    else:
-        port = ports.take_port(lip, d.rs_ip, cp.dport, cp.cport)
-    s.lip, s.lport = lip, port
-    ct.bind_local(cp, int.from_bytes(seen if seen is not None else lip, "big"), port)
+    # the trace shows the port (and the address the replies go to)
+    ports.hold(lip, obs_lport, d.rs_ip, cp.dport, cp.proto)
+    followed["FullNAT local ports"] += 1
+    s.lip, s.lport = lip, obs_lport
+    ct.bind_local(cp, int.from_bytes(seen, "big"), obs_lport)

@@ -73,8 +73,8 @@ __all__ = [
     "nat_request", "nat_reply", "dr", "tun", "fullnat_request", "fullnat_reply",
     "icmp_rewrite", "nat_icmp_to_rs", "nat_icmp_to_client", "fullnat_icmp_to_rs",
     "fullnat_icmp_to_client", "set_l2", "tun_overhead", "gue_source_port",
-    "remove_timestamp", "prune_options", "toa_option", "inet_checksum",
-    "LOCAL_PORT_RANGE", "ICMP_ERROR_TTL",
+    "remove_timestamp", "prune_options", "toa_option", "toa_wanted", "inet_checksum",
+    "LOCAL_PORT_RANGE", "ICMP_ERROR_TTL", "TOA_PORT_BYTEORDERS",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -893,8 +893,35 @@ def prune_options(opts: bytes, reqlen: int, syn: bool, toa_kind: int = 254) -> t
     return bytes(kept), freed
 
 
-def toa_option(toa: ToaVariant, addr: bytes, port: int) -> bytes:
-    """The TOA option: kind, length, port and address in network order (SEMANTICS §4.1)."""
+#: byte orders of the TOA's port field: ``network`` (right), ``host`` (little-endian, as on the
+#: x86 hosts these directors run on: the fault of a TOA writer that forgot ``htons``)
+TOA_PORT_BYTEORDERS = ("network", "host")
+
+
+def toa_wanted(packets, flags: int, ack: int, first_ack: int | None, payload: bool) -> bool:
+    """Does a client->RS TCP segment carry the TOA (SEMANTICS §4.2)? ``packets``: which kinds
+    do (:data:`~lvs_inspect.topology.model.TOA_PACKETS` subset); ``first_ack``: R's ISN + 1,
+    the ack of every client segment sent before R's first data byte (None: unknown yet);
+    ``payload``: the segment carries data. A SYN (without ACK) when ``"syn"`` is listed;
+    otherwise an ACK segment, not RST, acknowledging ``first_ack``: a FIN only when
+    ``"fin"`` is listed, and then as a data segment (``"data"``) or a bare ACK (``"ack"``)."""
+    if flags & SYN:
+        return not flags & ACK and "syn" in packets
+    if flags & RST or not flags & ACK or first_ack is None or ack != first_ack:
+        return False
+    if flags & FIN and "fin" not in packets:
+        return False
+    return ("data" if payload else "ack") in packets
+
+
+def toa_option(toa: ToaVariant, addr: bytes, port: int, port_byteorder: str = "network") -> bytes:
+    """The TOA option: kind, length, port and address in network order (SEMANTICS §4.1).
+    ``port_byteorder="host"`` writes the port little-endian (byte-swapped on the wire): a
+    fault, for the lab."""
+    if port_byteorder not in TOA_PORT_BYTEORDERS:
+        raise ValueError(f"port_byteorder must be 'network' or 'host', not {port_byteorder!r}")
+    if port_byteorder == "host":
+        port = ((port & 0xFF) << 8) | (port >> 8)
     if toa.length not in (8, 20):
         raise XmitError(f"TOA length {toa.length} is not supported (8: IPv4, 20: IPv6)")
     if len(addr) != (4 if toa.length == 8 else 16):
@@ -959,7 +986,7 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
                     ttl_dec: int = 0, src_mac=None, dst_mac=None, toa_full: str = "skip",
                     strip_client_toa: bool = False, ack_delta: int = 0,
                     mtu: int | None = None, csum: str = "auto", icmp_src=None,
-                    icmp_ident: int = 0):
+                    icmp_ident: int = 0, toa_port_byteorder: str = "network"):
     """FullNAT hop 2 (D->R), SEMANTICS §1.4, §3, §4:
 
     * source CIP:cport -> ``lip``:``lport``, destination VIP:vport -> ``rs_ip``:``rs_port``;
@@ -974,6 +1001,8 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
       no room (``60 - doff*4 < len``) or the packet is longer than ``mtu - len``:
       ``toa_full="skip"`` (Alibaba LVS) sends it without TOA; ``"prune"`` (DPVS) prunes the
       options (:func:`prune_options`) and retries once if that freed at least ``len`` bytes.
+    * ``toa_port_byteorder="host"``: the TOA's port byte-swapped (a deliberate fault, see
+      :func:`toa_option`).
 
     UDP is translated (addresses, ports) without TOA. The result's ``.toa`` tells the outcome.
     A DF packet longer than ``mtu`` gets frag-needed as in :func:`nat_request` (checked before
@@ -995,7 +1024,7 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
             _nop_kind(buf, l4, toa.kind)
         if toa_on and toa is not None:
             caddr = bytes(buf[l3 + 12:l3 + 16]) if ver == 4 else bytes(buf[l3 + 8:l3 + 24])
-            opt = toa_option(toa, caddr, (buf[l4] << 8) | buf[l4 + 1])
+            opt = toa_option(toa, caddr, (buf[l4] << 8) | buf[l4 + 1], toa_port_byteorder)
             status = _add_toa(buf, seg, opt, mtu, toa_full, bool(flags & SYN), toa.kind)
         if seq_delta:
             _add32(buf, l4 + 4, seq_delta)

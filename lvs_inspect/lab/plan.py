@@ -298,6 +298,9 @@ def make_plan(mode: str, fault: str | None = None, director: str = "forwarder", 
              tun=tun, requests=requests, servers=servers)
     if mode == "fullnat" and profile in ("dpvs", "alibaba"):
         p.toa_declared = p.toa_director = (254, 8)
+    if fault in ("no-toa", "toa-wrong") and p.toa_declared is None:
+        raise ValueError(f"fault '{fault}' is about the TOA the director inserts: use --profile dpvs or "
+                         f"alibaba (profile {profile} has none)")
     if mode == "tun":
         p.client_post = 3000         # uploads: the direction that goes through the tunnel
     if mode == "fullnat" and director == "kernel":

@@ -21,6 +21,18 @@ def _version(cmd: list[str]) -> str:
         return "?"
 
 
+def _stats_text(line: str) -> str:
+    """A stand-in's JSON statistics line without the fields that only say what it is and how long it ran."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    if isinstance(d, dict):
+        for k in ("event", "seconds"):
+            d.pop(k, None)
+    return json.dumps(d, sort_keys=True)
+
+
 def director_text(plan) -> str:
     if plan.director == "kernel":
         what = {
@@ -93,9 +105,13 @@ def readme(res, *, command: str) -> str:
     if plan.mode == "tun":
         lines.append("")
         lines.append(f"TUN stand-in: this kernel has no IPIP/GRE/FOU driver, so each real server runs "
-                     f"`python -m lvs_inspect.lab.decap` (raw sockets for IP protocols 4 and 47, UDP {P.GUE_PORT} "
-                     f"for GUE) which strips the outer header and writes the inner packet into the TUN device "
-                     f"`tunl0`; the kernel then accepts it for the VIP on lo and answers the client directly.")
+                     f"`python -m lvs_inspect.lab.decap --dev tunl0 --gue-port {P.GUE_PORT}`: it receives the "
+                     f"tunnel packets after the kernel's own IP input (raw sockets for IP protocols 4, 41 and "
+                     f"47, a UDP socket on {P.GUE_PORT} for GUE; their presence keeps the kernel from answering "
+                     f"protocol/port unreachable, as a loaded tunnel module does), strips the outer and tunnel "
+                     f"headers as the ipip/gre/fou drivers do (ECN decapsulation included) and writes the inner "
+                     f"packet into the TUN device `tunl0`; the kernel then accepts it for the VIP on lo and "
+                     f"answers the client directly.")
     if plan.client_post:
         lines.append("")
         lines.append(f"The client uploads {plan.client_post} bytes (POST) per request: the direction that "
@@ -106,7 +122,8 @@ def readme(res, *, command: str) -> str:
         keep = {k: v for k, v in stats.items() if k not in ("event",)}
         lines += ["Its statistics at exit (stderr of `lvs-inspect director`):", "",
                   "    " + json.dumps(keep, sort_keys=True)[:1500], ""]
-    aids = [(k, v) for k, v in sorted(res.extra.items()) if k.startswith(("decap", "toainject")) and v]
+    aids = [(k, [_stats_text(x) for x in v]) for k, v in sorted(res.extra.items())
+            if k.startswith(("decap", "toainject")) and v]
     if aids:
         lines.append("Stand-ins at exit: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in aids) + ".")
         lines.append("")

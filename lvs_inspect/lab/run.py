@@ -164,10 +164,10 @@ def build(lab: Netlab, plan: Plan) -> None:
 def start_services(lab: Netlab, plan: Plan, py: str, size: int) -> None:
     for s in plan.servers:
         if s.decap:
+            # creates tunl0 and brings it up, as loading the ipip module and `ip link set tunl0 up` do
             proc = lab.spawn(f"decap-{s.name}", s.name, [py, "-m", "lvs_inspect.lab.decap", "--dev", "tunl0",
                                                          "--gue-port", str(P.GUE_PORT)], pipe_stdout=True)
             lab.wait_line(proc, "ready")
-            lab.ip(s.name, "link", "set", "tunl0", "up")
             lab.sysctl(s.name, **{"net.ipv4.conf.tunl0.rp_filter": 0})
         if s.http:
             proc = lab.spawn(f"httpd-{s.name}", s.name, [py, "-m", "lvs_inspect.lab.httpd", "0.0.0.0",
@@ -307,7 +307,8 @@ def _run_once(plan: Plan, out: Path, *, command: str, verbose: bool, log, size: 
             for proc in lab.procs:
                 if proc.name.startswith(("decap", "toainject")):
                     lab.stop(proc)
-                    extra[proc.name] = [x for x in proc.lines if x.startswith("{")]
+                    # their statistics: one JSON line at exit (the decapsulator's on stderr, in the log)
+                    extra[proc.name] = [x for x in proc.log_text(limit=20000).splitlines() if x.startswith("{")]
         extra["commands"] = [c.replace(lab.prefix + "-", "lab-").replace(str(work) + "/", "").replace(py, "python3")
                              for c in lab.commands]
         trace = out / "trace.pcapng"
