@@ -294,7 +294,7 @@ def _sh(*args, check=True):
 
 @pytest.mark.lab
 def test_kernel_drops_are_read_while_dumpcap_runs(tmp_path):
-    """dumpcap not read (its pipe full), a flood on the interface: the drops show while it runs, and
+    """dumpcap held (stopped, its pipe not read), a flood on the interface: the drops show while it runs, and
     what we read plus dumpcap's closing report plus what it wrote accounts for the frames sent."""
     if os.geteuid() != 0:
         pytest.fail("the lab tests need root (network namespaces)")
@@ -329,9 +329,14 @@ def test_kernel_drops_are_read_while_dumpcap_runs(tmp_path):
             flood = ("import socket\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('lv1', 0))\n"
                      "f = bytes.fromhex('02000000000c0102000000000c020800') + bytes(1000)\n"
                      f"for i in range({sent}): s.send(f)\n")
-            _sh(ip, "netns", "exec", ns, sys.executable, "-c", flood)
-            time.sleep(0.3)
-            drops.poll()
+            # dumpcap stopped while the flood runs: its 1 MiB kernel buffer fills and the kernel drops
+            # (running, its capture thread could queue everything in its own memory on a busy machine)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                _sh(ip, "netns", "exec", ns, sys.executable, "-c", flood)
+                drops.poll()
+            finally:
+                os.kill(pid, signal.SIGCONT)
             live = drops.counts()
             assert set(live) == {"lv0"} and live["lv0"] > 0      # seen while dumpcap runs
             os.killpg(cap.pid, signal.SIGINT)
