@@ -978,3 +978,145 @@ def test_batch_dr_and_tun_are_byte_identical_to_xmit(ttl, smac, dmac, a, b, gpor
                      rs_ip=b.to_bytes(4, "big"), ttl_dec=ttl, gue_port=gport,
                      src_mac=mac(smac), dst_mac=mac(dmac))
         assert row.tobytes() + blob[off[i] + 14:e] == want, (kind, i)
+
+
+def _with_room(frames: list[bytes], room: int):
+    """(buffer, offsets, lengths) of ``frames`` with ``room`` zero bytes before each (where the
+    batch path writes the bytes a frame grows by) and 64 to spare at the end."""
+    import numpy as np
+    lens = np.array([len(f) for f in frames], dtype=np.int64)
+    off = room + np.concatenate([[0], np.cumsum(lens + room)[:-1]]).astype(np.int64)
+    pad = bytes(room)
+    buf = np.frombuffer(bytearray(b"".join(pad + f for f in frames) + bytes(64)), dtype=np.uint8)
+    return buf, off, lens
+
+
+@settings(max_examples=8, deadline=None)
+@given(ttl=st.integers(0, 2), a=_ADDR, b=_ADDR, p=_PORT, q=_PORT,
+       d1=st.integers(0, 0xFFFFFFFF), smac=_MAC, dmac=_MAC, kind=st.sampled_from([254, 200, 30]),
+       every=st.integers(1, 3))
+def test_batch_toa_insertion_is_byte_identical_to_xmit(ttl, a, b, p, q, d1, smac, dmac, kind,
+                                                       every):
+    """FullNAT requests carrying a TOA, made in place by rewrite4 (the frame grows by 8 bytes
+    into the room before it), mixed with frames without one: the bytes of
+    xmit.fullnat_request(toa_on=True) / (toa_on=False), frame for frame; neighbours untouched."""
+    import numpy as np
+
+    from lvs_inspect.forwarder import xmit_batch as XB
+    _, _, _, frames = batch_frames()
+    buf, off, lens = _with_room(frames, 8)
+    sh = XB.shape(buf, off, lens)
+    sel = np.flatnonzero(sh & XB.L4)
+    o = off[sel]
+    tcp = buf[o + 23] == 6
+    ok = tcp & ((buf[o + 47] & 0x02) == 0) & ((buf[o + 46] >> 4) <= 13) & (buf[o + 22] > ttl)
+    sel = sel[ok]
+    k = len(sel)
+    assert k > 2000
+    toa = np.where(np.arange(k) % every == 0, kind, -1).astype(np.int64)
+    full = lambda v: np.full(k, v, dtype=np.int64)       # noqa: E731
+    mac = lambda m: None if m < 0 else m.to_bytes(6, "big")     # noqa: E731
+    work = buf.copy()
+    end = off[sel] + 14 + ((work[off[sel] + 16].astype(np.int64) << 8) | work[off[sel] + 17])
+    start = XB.rewrite4(work, off[sel], end=end, ttl_dec=full(ttl), src=full(a), dst=full(b),
+                        sport=full(p), dport=full(q), seq_add=full(d1), ack_add=full(0),
+                        src_mac=full(smac), dst_mac=full(dmac), toa=toa)
+    assert (start == off[sel] - np.where(toa >= 0, 8, 0)).all()
+    blob = work.tobytes()
+    ab, bb = a.to_bytes(4, "big"), b.to_bytes(4, "big")
+    for i, s, e, t in zip(sel.tolist(), start.tolist(), end.tolist(), toa.tolist()):
+        want = X.fullnat_request(frames[i], ab, p, bb, q, seq_delta=d1, ttl_dec=ttl,
+                                 toa=ToaVariant(kind, 8), toa_on=t >= 0,
+                                 src_mac=mac(smac), dst_mac=mac(dmac))
+        assert want.toa == ("inserted" if t >= 0 else "off")
+        assert blob[s:e] == bytes(want), (kind, i)
+    # frames the batch did not take are untouched
+    other = np.setdiff1d(np.arange(len(frames)), sel)
+    for i in other[::3].tolist():
+        assert blob[off[i]:off[i] + lens[i]] == frames[i]
+    # a TOA asked for a frame without room is refused, not written wrong
+    no_room = o[~tcp | ((buf[o + 46] >> 4) > 13)][:1]
+    assert len(no_room), "the fixtures have no UDP frame or TCP header without room"
+    one = lambda v: np.full(1, v, dtype=np.int64)        # noqa: E731
+    with pytest.raises(ValueError):
+        XB.rewrite4(buf.copy(), no_room, ttl_dec=one(0), src=one(-1), dst=one(-1),
+                    sport=one(-1), dport=one(-1), seq_add=one(0), ack_add=one(0),
+                    src_mac=one(-1), dst_mac=one(-1), toa=one(kind))
+
+
+@settings(max_examples=6, deadline=None)
+@given(ttl=st.integers(0, 2), smac=_MAC, dmac=_MAC, a=_ADDR, b=_ADDR, gport=_PORT,
+       kind=st.sampled_from(["ipip", "gre", "gue"]))
+def test_batch_tun_in_place_is_byte_identical_to_xmit(ttl, smac, dmac, a, b, gport, kind):
+    """TUN encapsulation wholly in numpy: tun4's header rows placed in the room before each
+    frame (they end where the inner packet starts), no per-frame join: xmit.tun's bytes."""
+    import numpy as np
+
+    from lvs_inspect.forwarder import xmit_batch as XB
+    _, _, _, frames = batch_frames()
+    buf, off, lens = _with_room(frames, 32)
+    sh = XB.shape(buf, off, lens)
+    sel = np.flatnonzero(sh & XB.WHOLE)
+    sel = sel[buf[off[sel] + 22] > ttl]
+    k = len(sel)
+    full = lambda v: np.full(k, v, dtype=np.int64)       # noqa: E731
+    mac = lambda m: None if m < 0 else m.to_bytes(6, "big")     # noqa: E731
+    work = buf.copy()
+    end = off[sel] + 14 + ((work[off[sel] + 16].astype(np.int64) << 8) | work[off[sel] + 17])
+    sports = np.array([X.gue_source_port(frames[i][14:]) for i in sel.tolist()], dtype=np.int64)
+    h = XB.tun4(work, off[sel], end, kind=XB.TUN_CODES[kind], ttl_dec=full(ttl),
+                outer_src=full(a), outer_dst=full(b), gue_sport=sports, gue_dport=full(gport),
+                src_mac=full(smac), dst_mac=full(dmac))
+    start = off[sel] + 14 - h.shape[1]
+    XB.place(work, start, h)
+    blob = work.tobytes()
+    for i, s, e in zip(sel.tolist(), start.tolist(), end.tolist()):
+        want = X.tun(frames[i], kind=kind, outer_src=a.to_bytes(4, "big"),
+                     rs_ip=b.to_bytes(4, "big"), ttl_dec=ttl, gue_port=gport,
+                     src_mac=mac(smac), dst_mac=mac(dmac))
+        assert blob[s:e] == want, (kind, i)
+
+
+@settings(max_examples=8, deadline=None)
+@given(mss=st.integers(0, 0xFFFF), every=st.integers(1, 3), a=_ADDR, b=_ADDR, p=_PORT, q=_PORT,
+       d1=st.integers(0, 0xFFFFFFFF))
+def test_batch_syn_options_are_byte_identical_to_xmit(mss, every, a, b, p, q, d1):
+    """options4 (a SYN's timestamp -> NOPs, a SYN-ACK's MSS lowered) then rewrite4 (with a
+    TOA on some SYNs): the bytes of xmit.fullnat_request(remove_ts=True) and
+    xmit.fullnat_reply(mss_reduce=...), on every fixture TCP frame with SYN set."""
+    import numpy as np
+
+    from lvs_inspect.forwarder import xmit_batch as XB
+    _, _, _, frames = batch_frames()
+    buf, off, lens = _with_room(frames, 8)
+    sh = XB.shape(buf, off, lens)
+    sel = np.flatnonzero(sh & XB.L4)
+    o = off[sel]
+    syn = (buf[o + 23] == 6) & ((buf[o + 47] & 0x02) != 0)
+    sel = sel[syn]
+    assert len(sel) > 200
+    o = off[sel]
+    synack = (buf[o + 47] & 0x12) == 0x12
+    sack = np.array([_has_sack(frames[i]) for i in sel.tolist()], dtype=bool)
+    room = (buf[o + 46] >> 4) <= 13
+    sel, synack, room = sel[~sack], synack[~sack], room[~sack]
+    k = len(sel)
+    toa = np.where(~synack & room & (np.arange(k) % every == 0), 254, -1).astype(np.int64)
+    work = buf.copy()
+    XB.options4(work, off[sel], remove_ts=~synack, mss_sub=np.where(synack, mss, 0))
+    full = lambda v: np.full(k, v, dtype=np.int64)       # noqa: E731
+    end = off[sel] + 14 + ((work[off[sel] + 16].astype(np.int64) << 8) | work[off[sel] + 17])
+    start = XB.rewrite4(work, off[sel], end=end, ttl_dec=full(0), src=full(a), dst=full(b),
+                        sport=full(p), dport=full(q), seq_add=np.where(synack, 0, d1),
+                        ack_add=np.where(synack, -d1, 0), src_mac=full(-1), dst_mac=full(-1),
+                        toa=toa)
+    blob = work.tobytes()
+    ab, bb = a.to_bytes(4, "big"), b.to_bytes(4, "big")
+    for i, s, e, sa, t in zip(sel.tolist(), start.tolist(), end.tolist(), synack.tolist(),
+                              toa.tolist()):
+        if sa:
+            want = X.fullnat_reply(frames[i], ab, p, bb, q, seq_delta=d1, mss_reduce=mss)
+        else:
+            want = X.fullnat_request(frames[i], ab, p, bb, q, seq_delta=d1, remove_ts=True,
+                                     toa=ToaVariant(254, 8), toa_on=t >= 0)
+        assert blob[s:e] == bytes(want), (i, sa, t)

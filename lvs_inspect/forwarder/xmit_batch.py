@@ -14,7 +14,12 @@ bytes captured. :func:`shape` says, per frame, which batch paths it can take:
 The TTL must be above the decrement (the caller checks: an expiring packet gets the per-packet
 function, which answers with an ICMP error). Everything else (IPv6, VLAN tags, IP options,
 fragments, cut frames, partial or wrong checksums, SYNs and SYN-ACKs of FullNAT, TOA
-insertion, SACK edges) goes through :mod:`.xmit` one frame at a time.
+insertion without room in the TCP header, client TOAs, SACK edges) goes through :mod:`.xmit`
+one frame at a time.
+
+Frames that grow (a TOA: 8 bytes; a tunnel's outer headers: 20, 24 or 32 bytes) are made in
+place too when the caller leaves that much room before each frame: their first bytes are
+written that many bytes earlier (:func:`rewrite4` with ``toa``, :func:`tun4` + :func:`place`).
 
 Checksums. The IPv4 header checksum is recomputed over the 20 bytes, as :mod:`.xmit` does. The
 TCP/UDP checksum is updated incrementally (RFC 1624, eqn. 3, on residues modulo 0xFFFF) from
@@ -30,7 +35,7 @@ import numpy as np
 
 from ..capture.decode import _fold, _ones_sum
 
-__all__ = ["IP4", "L4", "WHOLE", "shape", "rewrite4", "dr4", "tun4", "TUN_CODES"]
+__all__ = ["IP4", "L4", "WHOLE", "shape", "rewrite4", "options4", "dr4", "tun4", "place", "TUN_CODES"]
 
 IP4, L4, WHOLE = 1, 2, 4
 TCP, UDP = 6, 17
@@ -190,16 +195,24 @@ def l4_valid(buf: np.ndarray, off: np.ndarray) -> np.ndarray:
 def rewrite4(buf: np.ndarray, off: np.ndarray, *, ttl_dec: np.ndarray, src: np.ndarray,
              dst: np.ndarray, sport: np.ndarray, dport: np.ndarray, seq_add: np.ndarray,
              ack_add: np.ndarray, src_mac: np.ndarray, dst_mac: np.ndarray,
-             end: np.ndarray | None = None) -> None:
+             end: np.ndarray | None = None, toa: np.ndarray | None = None) -> np.ndarray:
     """NAT / FullNAT in place on :data:`L4` frames: TTL - ``ttl_dec``; source / destination
     address and port (``-1``: keep); TCP seq + ``seq_add``, ack + ``ack_add`` (mod 2**32);
     IPv4 header checksum recomputed, TCP/UDP checksum updated; MACs (``-1``: keep). All
     arguments are ``int64`` arrays, one value per frame (``end``: offset of each IP packet's
     end, by default read from the header). What :func:`.xmit.nat_request`,
     :func:`.xmit.nat_reply`, :func:`.xmit.fullnat_request` (without TOA, SYN or client TOA)
-    and :func:`.xmit.fullnat_reply` (without SYN-ACK or SACK) write."""
+    and :func:`.xmit.fullnat_reply` (without SYN-ACK or SACK) write.
+
+    ``toa`` (FullNAT requests): per frame the kind of a TOA option to insert (``-1``: none),
+    the 8-byte IPv4 form carrying the frame's own source address and port (before the
+    rewrite), right after the 20-byte TCP header as :func:`.xmit.fullnat_request` with
+    ``toa_on`` does it — for TCP frames with room for it (data offset <= 13). Such a frame
+    grows by 8 bytes: its first 54 bytes move 8 bytes toward the buffer's start (the caller
+    leaves that much room before each one) and the option fills the gap. Returns each frame's
+    new start (``off - 8`` with a TOA, else ``off``)."""
     if len(off) == 0:
-        return
+        return off
     if end is None:
         end = off + 14 + _u16(buf, off + 16)
     h = _Headers(buf, off, 54, end - off)
@@ -207,6 +220,23 @@ def rewrite4(buf: np.ndarray, off: np.ndarray, *, ttl_dec: np.ndarray, src: np.n
     # the words that change: addresses and ports, and for TCP seq and ack
     told, aold = h.u32(38), h.u32(42)
     old = h.words(26, 38)
+    grow = None
+    if toa is not None:
+        want = toa >= 0
+        if (want & ~(tcp & ((h.h[:, 46] >> 4) <= 13))).any():
+            raise ValueError("a TOA asked for a frame that is not TCP with room for it")
+        grow = np.flatnonzero(want)
+        if len(grow):
+            # the option: kind, length 8, the client's port and address (network order)
+            opt = np.empty((len(grow), 8), dtype=np.uint8)
+            opt[:, 0] = toa[grow]
+            opt[:, 1] = 8
+            opt[:, 2:8] = h.h[grow][:, [34, 35, 26, 27, 28, 29]]
+            ow = opt.view(">u2").sum(axis=1, dtype=_I64)
+            sub = h.h[grow]
+            sub[:, 16:18].view(">u2")[:, 0] += 8             # IP total length
+            sub[:, 46] += 0x20                                # data offset + 2 words
+            h.h[grow] = sub
     h.h[:, 22] -= ttl_dec.astype(np.uint8)
     for val, at in ((src, 26), (dst, 30)):
         m = val >= 0
@@ -224,6 +254,9 @@ def rewrite4(buf: np.ndarray, off: np.ndarray, *, ttl_dec: np.ndarray, src: np.n
     w = lambda v: (v >> 16) + (v & 0xFFFF)          # noqa: E731
     old = old + np.where(tcp, w(told) + w(aold), 0)
     new = new + np.where(tcp, w(tnew) + w(anew), 0)
+    if grow is not None and len(grow):
+        # the option's words, 8 more bytes in the pseudo header, 2 more in the data offset
+        new[grow] += ow + 8 + 0x2000
     oldc = np.where(tcp, h.u16(50), h.u16(40))
     x = _final(((0xFFFF - oldc) - old + new) % 0xFFFF)
     x = np.where(~tcp & (x == 0), 0xFFFF, x)
@@ -232,7 +265,96 @@ def rewrite4(buf: np.ndarray, off: np.ndarray, *, ttl_dec: np.ndarray, src: np.n
     h.ip4_check()
     h.put_mac(0, dst_mac)
     h.put_mac(6, src_mac)
-    h.store()
+    if grow is None or not len(grow):
+        h.store()
+        return off
+    keep = np.ones(len(off), dtype=bool)
+    keep[grow] = False
+    rows = np.empty((len(grow), 62), dtype=np.uint8)
+    rows[:, :54] = h.h[grow]
+    rows[:, 54:] = opt
+    start = off.copy()
+    start[grow] -= 8
+    if keep.any():
+        h.h, h.off, h.n, h.full = h.h[keep], off[keep], h.n[keep], h.full[keep]
+        h.store()
+    place(buf, start[grow], rows)
+    return start
+
+
+def options4(buf: np.ndarray, off: np.ndarray, *, remove_ts: np.ndarray,
+             mss_sub: np.ndarray) -> None:
+    """TCP option work in place on :data:`L4` TCP frames, before :func:`rewrite4`: the first
+    timestamp option (kind 8, length 10) becomes 10 NOPs where ``remove_ts``
+    (:func:`.xmit.remove_timestamp`, a FullNAT SYN); the first MSS option (kind 2, length 4)
+    is lowered by ``mss_sub`` (mod 2**16; 0: untouched — :func:`.xmit._adjust_mss`, a FullNAT
+    SYN-ACK). The options are found by the walk of :func:`.xmit._opts_walk` (NOPs skipped, EOL
+    or a malformed option ends it); the TCP checksum is updated incrementally (RFC 1624), so
+    a right checksum stays right."""
+    if len(off) == 0:
+        return
+    l4 = off + 34
+    stop = l4 + (buf[off + 46].astype(_I64) >> 4) * 4
+    ts_at = np.full(len(off), -1, dtype=_I64)
+    mss_at = np.full(len(off), -1, dtype=_I64)
+    want_ts, want_mss = remove_ts.astype(bool), mss_sub != 0
+    idx = np.flatnonzero(want_ts | want_mss)
+    pos = l4[idx] + 20
+    while len(idx):                     # one option of every frame per round (at most 40)
+        live = pos < stop[idx]
+        idx, pos = idx[live], pos[live]
+        if not len(idx):
+            break
+        k = buf[pos]
+        nop = k == 1
+        sz = buf[np.minimum(pos + 1, len(buf) - 1)].astype(_I64)
+        opt = (k > 1) & (pos + 1 < stop[idx])
+        opt &= (sz >= 2) & (sz <= stop[idx] - pos)
+        hit = opt & (k == 8) & (sz == 10) & want_ts[idx] & (ts_at[idx] < 0)
+        ts_at[idx[hit]] = pos[hit]
+        hit = opt & (k == 2) & (sz == 4) & want_mss[idx] & (mss_at[idx] < 0)
+        mss_at[idx[hit]] = pos[hit]
+        # frames still looking for an option go on (EOL, a malformed option: the walk ends)
+        more = (nop | opt) & (((ts_at[idx] < 0) & want_ts[idx]) | ((mss_at[idx] < 0) & want_mss[idx]))
+        step = np.where(nop, 1, sz)
+        idx, pos = idx[more], (pos + step)[more]
+    delta = np.zeros(len(off), dtype=_I64)       # new - old, as one's complement weights
+
+    def weights(at, base, n):
+        """(index of each byte, its weight in the segment's word sum: 256 at an even
+        distance from the TCP header ``base``, else 1) of the ``n`` bytes at ``at``."""
+        cols = at[:, None] + np.arange(n)
+        return cols, np.where(((cols - base[:, None]) & 1) == 0, 256, 1)
+
+    ts_sel = np.flatnonzero(ts_at >= 0)
+    if len(ts_sel):
+        cols, wt = weights(ts_at[ts_sel], l4[ts_sel], 10)
+        oldb = buf[cols].astype(_I64)
+        delta[ts_sel] += ((1 - oldb) * wt).sum(axis=1)
+        buf[cols] = 1
+    mss_sel = np.flatnonzero(mss_at >= 0)
+    if len(mss_sel):
+        cols, wt = weights(mss_at[mss_sel] + 2, l4[mss_sel], 2)
+        oldv = (buf[cols[:, 0]].astype(_I64) << 8) | buf[cols[:, 1]]
+        newv = (oldv - mss_sub[mss_sel]) & 0xFFFF
+        nb = np.stack([newv >> 8, newv & 0xFF], axis=1)
+        delta[mss_sel] += ((nb - buf[cols].astype(_I64)) * wt).sum(axis=1)
+        buf[cols] = nb.astype(np.uint8)
+    ch = np.flatnonzero(delta)
+    if len(ch):
+        at = off[ch] + 50
+        oldc = _u16(buf, at)
+        x = _final(((0xFFFF - oldc) + delta[ch]) % 0xFFFF)
+        buf[at] = (x >> 8).astype(np.uint8)
+        buf[at + 1] = (x & 0xFF).astype(np.uint8)
+
+
+def place(buf: np.ndarray, start: np.ndarray, rows: np.ndarray) -> None:
+    """Write ``rows`` (``uint8``, one per frame) into ``buf`` at offsets ``start``."""
+    if len(start) == 0:
+        return
+    w = rows.shape[1]
+    np.lib.stride_tricks.sliding_window_view(buf, w, writeable=True)[start] = rows
 
 
 def dr4(buf: np.ndarray, off: np.ndarray, *, ttl_dec: np.ndarray, src_mac: np.ndarray,
