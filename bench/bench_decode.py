@@ -302,14 +302,17 @@ def _tshark_version() -> str:
         return "?"
 
 
-def ensure_trace(frames: int, seed: int, workdir: str) -> tuple[str, dict]:
-    """bench/out/trace-N-sS.pcapng, regenerated when the generator or its arguments changed."""
+def ensure_trace(frames: int, seed: int, workdir: str, *, mode: str | None = None,
+                 prefix: str = "trace") -> tuple[str, dict]:
+    """bench/out/PREFIX[-MODE]-N-sS.pcapng, regenerated when the generator or its arguments changed
+    (``mode``: make_trace's --mode; None: its default, NAT). Shared by the benchmarks."""
     gen = os.path.join(HERE, "make_trace.py")
     with open(gen, "rb") as f:
         gen_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    path = os.path.join(workdir, f"trace-{frames}-s{seed}.pcapng")
+    name = f"{prefix}-{mode}-{frames}-s{seed}" if mode else f"{prefix}-{frames}-s{seed}"
+    path = os.path.join(workdir, name + ".pcapng")
     side = path + ".json"
-    want = {"frames": frames, "seed": seed, "generator": gen_hash}
+    want = {"frames": frames, "seed": seed, "generator": gen_hash} | ({"mode": mode} if mode else {})
     if os.path.exists(path) and os.path.exists(side):
         with open(side) as f:
             info = json.load(f)
@@ -317,11 +320,13 @@ def ensure_trace(frames: int, seed: int, workdir: str) -> tuple[str, dict]:
             return path, info
     # in a child: this process stays small, so the measured children do not inherit its peak RSS
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import make_trace; "
-            "print(json.dumps(make_trace.make_trace(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), quiet=True)))")
-    out = subprocess.run([sys.executable, "-c", code, HERE, path, str(frames), str(seed)],
+            "kw = {'mode': sys.argv[5]} if len(sys.argv) > 5 else {}; "
+            "print(json.dumps(make_trace.make_trace(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), quiet=True, "
+            "**kw)))")
+    out = subprocess.run([sys.executable, "-c", code, HERE, path, str(frames), str(seed), *([mode] if mode else [])],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"bench_decode: make_trace failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise SystemExit(f"{prefix}: make_trace failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
     info = json.loads(out.stdout.strip().splitlines()[-1])
     info.update(want)
     with open(side, "w") as f:

@@ -29,7 +29,6 @@ arguments; a missed target is reported, not turned into a failure.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -44,29 +43,10 @@ MODES = {"nat": "nat", "dr": "dr", "tun": "tun", "fullnat": "fullnat"}
 
 
 def ensure_trace(mode: str, frames: int, seed: int, workdir: str) -> tuple[str, dict]:
-    gen = os.path.join(HERE, "make_trace.py")
-    with open(gen, "rb") as f:
-        gen_hash = hashlib.sha1(f.read()).hexdigest()[:12]
-    path = os.path.join(workdir, f"replay-{mode}-{frames}-s{seed}.pcapng")
-    side = path + ".json"
-    want = {"frames": frames, "seed": seed, "mode": mode, "generator": gen_hash}
-    if os.path.exists(path) and os.path.exists(side):
-        with open(side) as f:
-            info = json.load(f)
-        if all(info.get(k) == v for k, v in want.items()) and info.get("bytes") == os.path.getsize(path):
-            return path, info
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import make_trace; "
-            "print(json.dumps(make_trace.make_trace(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "
-            "mode=sys.argv[5], quiet=True)))")
-    out = subprocess.run([sys.executable, "-c", code, HERE, path, str(frames), str(seed), mode],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"bench_replay: make_trace failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
-    info = json.loads(out.stdout.strip().splitlines()[-1])
-    info.update(want)
-    with open(side, "w") as f:
-        json.dump(info, f, indent=1)
-    return path, info
+    """bench/out/replay-MODE-N-sS.pcapng (see bench_decode.ensure_trace)."""
+    sys.path.insert(0, HERE)
+    import bench_decode
+    return bench_decode.ensure_trace(frames, seed, workdir, mode=mode, prefix="replay")
 
 
 def child(trace: str, topo_path: str, write: str | None) -> int:
