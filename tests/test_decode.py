@@ -357,7 +357,7 @@ def test_every_frame_is_counted(tmp_path):
 
 
 def test_ones_complement_sum_matches_a_plain_reference_at_every_alignment():
-    from lvs_inspect.capture.decode import _ones_sum
+    from lvs_inspect.capture.decode import ones_sum
     rng = np.random.default_rng(7)
     buf = np.concatenate([rng.integers(0, 256, 6000, dtype=np.uint8), np.zeros(16, np.uint8)])
     a = np.sort(rng.integers(0, 5000, 3000))
@@ -370,5 +370,5 @@ def test_ones_complement_sum_matches_a_plain_reference_at_every_alignment():
             s = (s & 0xFFFF) + (s >> 16)
         return s
 
-    got = _ones_sum(buf, a, b)
+    got = ones_sum(buf, a, b)
     assert got.tolist() == [ref(buf[x:y]) for x, y in zip(a, b)]

@@ -210,8 +210,8 @@ def lab(tmp_path):
         lb.cleanup()
 
 
-def two_legged(lab: Lab, *, rs_default_via_director: bool) -> None:
-    """client -- director -- switch -- rs1, rs2 (the RS side is a bridge in its own ns)."""
+def wire_two_legged(lab: Lab) -> None:
+    """The links of client -- director -- switch -- rs1, rs2 (a bridge in its own ns), no addresses."""
     lab.add_ns("c", "d", "sw", "r1", "r2")
     lab.veth("c", "c0", MAC["c"], "d", "d-c", MAC["d-c"])
     lab.ip("sw", "link add br0 type bridge")
@@ -221,6 +221,12 @@ def two_legged(lab: Lab, *, rs_default_via_director: bool) -> None:
     for i, short in enumerate(("r1", "r2")):
         lab.veth(short, "r0", MAC[short], "sw", f"s-{short}", MAC["sw"] + f"1{i}")
         lab.ip("sw", f"link set s-{short} master br0")
+
+
+def two_legged(lab: Lab, *, rs_default_via_director: bool) -> None:
+    """client -- director -- switch -- rs1, rs2 (the RS side is a bridge in its own ns)."""
+    wire_two_legged(lab)
+    for i, short in enumerate(("r1", "r2")):
         lab.ip(short, f"addr add {RIPS[i]}/24 dev r0")
         if rs_default_via_director:
             lab.ip(short, f"route add default via {DIP_R}")
@@ -314,15 +320,8 @@ def test_nat_ipv6_end_to_end(lab):
     hop limit, IPv6 pseudo-header checksums."""
     cip, vip, dc, dr = "2001:db8:c::10", "2001:db8:c::100", "2001:db8:c::1", "2001:db8:f::1"
     rips = ("2001:db8:f::11", "2001:db8:f::12")
-    lab.add_ns("c", "d", "sw", "r1", "r2")
-    lab.veth("c", "c0", MAC["c"], "d", "d-c", MAC["d-c"])
-    lab.ip("sw", "link add br0 type bridge")
-    lab.ip("sw", "link set br0 up")
-    lab.veth("d", "d-r", MAC["d-r"], "sw", "s-d", MAC["sw"] + "01")
-    lab.ip("sw", "link set s-d master br0")
+    wire_two_legged(lab)
     for i, short in enumerate(("r1", "r2")):
-        lab.veth(short, "r0", MAC[short], "sw", f"s-{short}", MAC["sw"] + f"1{i}")
-        lab.ip("sw", f"link set s-{short} master br0")
         lab.ip(short, f"addr add {rips[i]}/64 dev r0 nodad")
         lab.ip(short, f"-6 route add default via {dr}")
         lab.server(short, short, "::", 8080)

@@ -40,7 +40,8 @@ class TraceReader:
         self.stdin = stdin
         self.stop = stop
         self.progress = progress
-        self.total_bytes = _total_size(self.paths)
+        self._sizes = _sizes(self.paths)
+        self.total_bytes = sum(self._sizes) if self._sizes is not None else None
         self._done_bytes = 0
         self._current = None
         self.book = AddressBook()
@@ -66,8 +67,8 @@ class TraceReader:
             summary.damage = rec.damage
             summary.stats = rec.stats
             self._current = None
-            if self.total_bytes is not None:
-                self._done_bytes += os.path.getsize(path)
+            if self._sizes is not None:
+                self._done_bytes += self._sizes[i]
 
     def fraction(self) -> float | None:
         """How much of the inputs has been read, 0..1 (None when an input is a stream)."""
@@ -83,11 +84,12 @@ class TraceReader:
                            self.inputs)
 
 
-def _total_size(paths: Sequence[str]) -> int | None:
+def _sizes(paths: Sequence[str]) -> list[int] | None:
+    """Each input's size in bytes, or None when one is a stream (or missing: open_input says so)."""
     try:
-        return sum(os.path.getsize(p) for p in paths) if "-" not in paths else None
+        return [os.path.getsize(p) for p in paths] if "-" not in paths else None
     except OSError:
-        return None       # open_input names the missing file
+        return None
 
 
 def iter_tables(paths: Sequence[str], **kwargs) -> Iterator[PacketTable]:

@@ -106,7 +106,7 @@ def _gather16(wins: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray
     return (wins[rows, pos].astype(np.uint32) << 8) | wins[rows, pos + 1]
 
 
-def _fold(s: np.ndarray) -> np.ndarray:
+def fold16(s: np.ndarray) -> np.ndarray:
     s = s.astype(np.uint64)
     for _ in range(4):
         s = (s & np.uint64(0xFFFF)) + (s >> np.uint64(16))
@@ -478,13 +478,13 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
 
     if opts.checksums:
         v4 = ipok & (fin.ver == 4)
-        good = _fold(_word_sum(fin.win, 0, 10)) == 0xFFFF
+        good = fold16(_word_sum(fin.win, 0, 10)) == 0xFFFF
         opt = np.flatnonzero(v4 & (fin.hlen > 20))   # rare: IPv4 options
         if len(opt):
             words = _f_words(fin.win[opt])
             lanes = np.arange(words.shape[1])[None, :]
             s = np.where(lanes < (fin.hlen[opt] // 2)[:, None], words, 0).sum(axis=1, dtype=np.uint64)
-            good[opt] = _fold(s) == 0xFFFF
+            good[opt] = fold16(s) == 0xFFFF
         core["ip_csum"] = np.where(v4, np.where(good, Csum.OK, Csum.BAD), Csum.NA).astype(np.uint8)
 
     # ---- transport --------------------------------------------------------------------------
@@ -775,7 +775,7 @@ def _digest(f: _Frames, pstart: np.ndarray, plen: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ones_sum(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def ones_sum(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Internet (ones' complement) sums of buf[a_i:b_i], as big-endian 16-bit values.
 
     One pass over the data: native 32-bit words summed with ``reduceat`` (2^16 = 1 mod 0xFFFF,
@@ -797,7 +797,7 @@ def _ones_sum(buf: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     tb = (b & 3).astype(np.uint64)
     trail_keep = np.where(tb == 0, np.uint64(0xFFFFFFFF), (np.uint64(1) << (tb * np.uint64(8))) - np.uint64(1))
     sums -= words[wb - 1].astype(np.uint64) & ~trail_keep & np.uint64(0xFFFFFFFF)
-    s = _fold(sums)
+    s = fold16(sums)
     swap = (a & 1) == 0    # little-endian words: an even start needs the swap, an odd one is paired the other way
     return np.where(swap, ((s & 0xFF) << 8) | (s >> 8), s).astype(np.uint64)
 
@@ -814,7 +814,7 @@ def _l4_checksums(f: _Frames, fin: _IP, tcp, udp, icmp, l4, ipend, seglen, w4, s
         return out
     a = f.start[rows] + l4[rows]
     b = f.start[rows] + ipend[rows]
-    s = _ones_sum(f.buf, a, b)
+    s = ones_sum(f.buf, a, b)
 
     v6 = fin.ver[rows] == 6
     proto = fin.proto[rows].astype(np.uint64)
@@ -827,12 +827,12 @@ def _l4_checksums(f: _Frames, fin: _IP, tcp, udp, icmp, l4, ipend, seglen, w4, s
     pseudo = addr_sum + proto + (length >> np.uint64(16)) + (length & np.uint64(0xFFFF))
     is_icmp4 = icmp[rows] & ~v6
     pseudo = np.where(is_icmp4, 0, pseudo).astype(np.uint64)
-    total = _fold(s + pseudo)
+    total = fold16(s + pseudo)
     ok = total == 0xFFFF
     field_at = np.where(tcp[rows], 16, np.where(udp[rows], 6, 2))
     w4r = w4[rows]
     field = _gather16(w4r, np.arange(len(rows)), field_at).astype(np.uint64)
-    partial = ~ok & ~is_icmp4 & (field == _fold(pseudo))
+    partial = ~ok & ~is_icmp4 & (field == fold16(pseudo))
     none = udp[rows] & (field == 0)
     res = np.where(ok, Csum.OK, np.where(none, Csum.NONE, np.where(partial, Csum.PARTIAL, Csum.BAD)))
     out[rows] = res

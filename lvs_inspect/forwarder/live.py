@@ -111,8 +111,7 @@ from . import xmit
 from .conntable import IPPROTO_TCP, IPPROTO_UDP, ConnTable, Verdict
 from .localports import LocalPorts
 from .schedulers import ServiceTable
-from .xmit import _final as _csum_field
-from .xmit import _residue
+from .xmit import checksum_field, checksum_residue
 
 __all__ = [
     "NFT_TABLE",
@@ -196,7 +195,7 @@ def _astr(ver: int, addr: int) -> str:
 
 def _ip4_header_checksum(buf: bytearray, l3: int, hl: int) -> None:
     buf[l3 + 10] = buf[l3 + 11] = 0
-    c = _csum_field(_residue(buf[l3:l3 + hl]))
+    c = checksum_field(checksum_residue(buf[l3:l3 + hl]))
     buf[l3 + 10], buf[l3 + 11] = c >> 8, c & 0xFF
 
 
@@ -209,7 +208,7 @@ def fill_l4_checksum(buf: bytearray, l3: int, ver: int, proto: int, l4: int, end
         pseudo = int.from_bytes(buf[l3 + 12:l3 + 20], "big")
     else:
         pseudo = int.from_bytes(buf[l3 + 8:l3 + 40], "big")
-    c = _csum_field((pseudo + proto + (end - l4) + _residue(buf[l4:end])) % 0xFFFF)
+    c = checksum_field((pseudo + proto + (end - l4) + checksum_residue(buf[l4:end])) % 0xFFFF)
     if proto == UDP and c == 0:
         c = 0xFFFF
     buf[co], buf[co + 1] = c >> 8, c & 0xFF
@@ -346,8 +345,8 @@ def icmp_unreachable_for(frame: bytes, l3: int, ver: int, end: int) -> bytes:
     body = pkt[:1280 - 48]
     src, dst = pkt[24:40], pkt[8:24]
     icmp = bytearray(struct.pack("!BBHI", 1, 4, 0, 0) + body)
-    res = (int.from_bytes(src + dst, "big") + len(icmp) + 58 + _residue(icmp)) % 0xFFFF
-    c = _csum_field(res)
+    res = (int.from_bytes(src + dst, "big") + len(icmp) + 58 + checksum_residue(icmp)) % 0xFFFF
+    c = checksum_field(res)
     icmp[2], icmp[3] = c >> 8, c & 0xFF
     ip = struct.pack("!IHBB16s16s", 0x60000000, len(icmp), 58, 64, src, dst)
     return _swap_l2(frame, l3, b"\x86\xdd") + ip + bytes(icmp)

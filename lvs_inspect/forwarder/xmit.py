@@ -190,7 +190,7 @@ def _mac(x) -> bytes:
     return b
 
 
-def _residue(b) -> int:
+def checksum_residue(b) -> int:
     """The 16-bit one's complement sum of ``b`` modulo 0xFFFF (2**16 = 1 mod 0xFFFF, so the
     big-endian integer of the bytes has the same residue as the sum of its words)."""
     n = int.from_bytes(b, "big")
@@ -199,7 +199,7 @@ def _residue(b) -> int:
     return n % 0xFFFF
 
 
-def _final(res: int) -> int:
+def checksum_field(res: int) -> int:
     """Checksum field for a sum with residue ``res`` (data never all zero here)."""
     return 0xFFFF - (res or 0xFFFF)
 
@@ -208,12 +208,12 @@ def inet_checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum of ``data`` (the value to store in the field)."""
     if not any(data):
         return 0xFFFF
-    return _final(_residue(data))
+    return checksum_field(checksum_residue(data))
 
 
 def _ip4_check(buf: bytearray, l3: int, hl: int) -> None:
     buf[l3 + 10] = buf[l3 + 11] = 0
-    c = _final(_residue(buf[l3:l3 + hl]))
+    c = checksum_field(checksum_residue(buf[l3:l3 + hl]))
     buf[l3 + 10] = c >> 8
     buf[l3 + 11] = c & 0xFF
 
@@ -348,7 +348,7 @@ class _L4:
         l4, hlen = self.l4, self.hlen
         co = l4 + _csum_off(self.proto)
         hdr = bytes(buf[l4:co]) + b"\0\0" + bytes(buf[co + 2:l4 + hlen])
-        return (_pseudo(buf, self.l3, self.ver, self.proto, self.end - l4) + _residue(hdr)) % 0xFFFF
+        return (_pseudo(buf, self.l3, self.ver, self.proto, self.end - l4) + checksum_residue(hdr)) % 0xFFFF
 
     def finish(self, buf: bytearray) -> None:
         """Recompute the IPv4 header checksum and the transport checksum."""
@@ -361,12 +361,12 @@ class _L4:
             return                                  # sender chose no UDP checksum
         if self.old is None:                        # whole segment present: from scratch
             buf[co] = buf[co + 1] = 0
-            c = _final((_pseudo(buf, self.l3, self.ver, proto, self.end - l4)
+            c = checksum_field((_pseudo(buf, self.l3, self.ver, proto, self.end - l4)
                         + int.from_bytes(buf[l4:self.end], "big")
                         * (256 if (self.end - l4) & 1 else 1)) % 0xFFFF)
         else:                                       # RFC 1624 on the bytes that changed
             x = ((0xFFFF - oldc) - self.old + self._region(buf)) % 0xFFFF
-            c = _final(x)
+            c = checksum_field(x)
         if proto == UDP and c == 0:
             c = 0xFFFF
         buf[co] = c >> 8
@@ -408,8 +408,8 @@ def _icmp_error(frame, buf, l3: int, ver: int, end: int, typ: int, code: int, in
         s = _addr(src, 16) if src is not None else odst
         body = pkt[:_ICMP6_ROOM]
         icmp = bytearray(struct.pack("!BBHI", typ, code, 0, info) + body)
-        res = (int.from_bytes(s + osrc, "big") + len(icmp) + ICMP6 + _residue(icmp)) % 0xFFFF
-        c = _final(res)
+        res = (int.from_bytes(s + osrc, "big") + len(icmp) + ICMP6 + checksum_residue(icmp)) % 0xFFFF
+        c = checksum_field(res)
         icmp[2], icmp[3] = c >> 8, c & 0xFF
         hdr = struct.pack("!IHBB16s16s", 0x60000000, len(icmp), ICMP6, ICMP_ERROR_TTL, s, osrc)
         l2[-2:] = b"\x86\xdd"
@@ -761,8 +761,8 @@ def tun(frame, *, kind: str = "ipip", outer_src, rs_ip, ttl_dec: int = 1, pmtu_d
         ulen = 8 + 4 + len(inner)
         udp = bytearray(struct.pack("!HHHHBBH", sport, gue_port, ulen, 0, 0, nproto, 0) + inner)
         if csum:
-            res_ = (int.from_bytes(src + dst, "big") + UDP + ulen + _residue(udp)) % 0xFFFF
-            c = _final(res_) or 0xFFFF
+            res_ = (int.from_bytes(src + dst, "big") + UDP + ulen + checksum_residue(udp)) % 0xFFFF
+            c = checksum_field(res_) or 0xFFFF
             udp[6], udp[7] = c >> 8, c & 0xFF
         payload, oproto = bytes(udp), UDP
     if ov == 4:
@@ -963,6 +963,16 @@ def _set_addrs(buf: bytearray, l3: int, ver: int, src: bytes, dst: bytes) -> Non
         buf[l3 + 24:l3 + 40] = dst
 
 
+def _fullnat_finish(buf: bytearray, l3: int, ver: int, seg: _L4, src: bytes, dst: bytes, sport: int,
+                    dport: int, src_mac, dst_mac) -> bytes:
+    """Both FullNAT directions end alike: the new addresses and ports, the checksums, the MACs."""
+    _set_addrs(buf, l3, ver, src, dst)
+    buf[seg.l4:seg.l4 + 4] = struct.pack("!HH", sport, dport)
+    seg.finish(buf)
+    _set_macs(buf, src_mac, dst_mac)
+    return bytes(buf)
+
+
 def _fullnat_start(frame, name: str, csum, ttl_dec, mtu, icmp_src, icmp_ident):
     """What both FullNAT directions do first: parse, refuse fragments and routed IPv6, copy the
     frame, find the L4 header, then the TTL and MTU checks. Returns (l3, ver, hl, proto, end,
@@ -1031,11 +1041,7 @@ def fullnat_request(frame, lip, lport: int, rs_ip, rs_port: int, *, seq_delta: i
         if ack_delta:
             _add32(buf, l4 + 8, -ack_delta)
             _adjust_sack(buf, l4, ack_delta)
-    _set_addrs(buf, l3, ver, la, ra)
-    buf[l4:l4 + 4] = struct.pack("!HH", lport, rs_port)
-    seg.finish(buf)
-    _set_macs(buf, src_mac, dst_mac)
-    out = FullNatFrame(bytes(buf))
+    out = FullNatFrame(_fullnat_finish(buf, l3, ver, seg, la, ra, lport, rs_port, src_mac, dst_mac))
     out.toa = status
     return out
 
@@ -1100,11 +1106,7 @@ def fullnat_reply(frame, vip, vport: int, cip, cport: int, *, seq_delta: int = 0
         if seq_delta:
             _add32(buf, l4 + 8, -seq_delta)
             _adjust_sack(buf, l4, seq_delta)
-    _set_addrs(buf, l3, ver, va, ca)
-    buf[l4:l4 + 4] = struct.pack("!HH", vport, cport)
-    seg.finish(buf)
-    _set_macs(buf, src_mac, dst_mac)
-    return bytes(buf)
+    return _fullnat_finish(buf, l3, ver, seg, va, ca, vport, cport, src_mac, dst_mac)
 
 
 # --------------------------------------------------------------------------- ICMP translation
@@ -1202,19 +1204,19 @@ def icmp_rewrite(frame, *, outer_src=None, outer_dst=None, inner_src=None, inner
         buf[l4 + 2] = buf[l4 + 3] = 0
         body = buf[l4:end]
         if ver == 4:
-            c = _final(_residue(body))
+            c = checksum_field(checksum_residue(body))
         else:
-            c = _final((int.from_bytes(buf[l3 + 8:l3 + 40], "big") + (end - l4) + ICMP6
-                        + _residue(body)) % 0xFFFF)
+            c = checksum_field((int.from_bytes(buf[l3 + 8:l3 + 40], "big") + (end - l4) + ICMP6
+                        + checksum_residue(body)) % 0xFFFF)
     else:
         oldc = (old_icmp[2] << 8) | old_icmp[3]
-        ro = _residue(old_icmp[:2] + b"\0\0" + old_icmp[4:]) + _residue(old_span)
-        rn = _residue(bytes(buf[l4:l4 + 2]) + b"\0\0" + bytes(buf[l4 + 4:l4 + 8])) \
-            + _residue(bytes(buf[i3:span_end]))
+        ro = checksum_residue(old_icmp[:2] + b"\0\0" + old_icmp[4:]) + checksum_residue(old_span)
+        rn = checksum_residue(bytes(buf[l4:l4 + 2]) + b"\0\0" + bytes(buf[l4 + 4:l4 + 8])) \
+            + checksum_residue(bytes(buf[i3:span_end]))
         if ver == 6:
             ro += old_pseudo
             rn += int.from_bytes(buf[l3 + 8:l3 + 40], "big")
-        c = _final(((0xFFFF - oldc) - ro + rn) % 0xFFFF)
+        c = checksum_field(((0xFFFF - oldc) - ro + rn) % 0xFFFF)
     buf[l4 + 2], buf[l4 + 3] = c >> 8, c & 0xFF
     _set_macs(buf, src_mac, dst_mac)
     return bytes(buf)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..capture.decode import _fold, _ones_sum
+from ..capture.decode import fold16, ones_sum
 
 __all__ = ["IP4", "L4", "WHOLE", "shape", "rewrite4", "options4", "dr4", "tun4", "place", "TUN_CODES"]
 
@@ -168,9 +168,9 @@ def l4_valid(buf: np.ndarray, off: np.ndarray) -> np.ndarray:
     if len(off) == 0:
         return np.zeros(0, dtype=bool)
     end = off + 14 + _u16(buf, off + 16)
-    if int(end.max()) + 8 > len(buf):                # _ones_sum reads whole 32-bit words
+    if int(end.max()) + 8 > len(buf):                # ones_sum reads whole 32-bit words
         buf = np.concatenate([buf, np.zeros(8, dtype=np.uint8)])
-    # one pass over the buffer, in order, a few MB at a time: _ones_sum's reduceat works on a
+    # one pass over the buffer, in order, a few MB at a time: ones_sum's reduceat works on a
     # 64-bit copy of what it is given, and fresh memory costs more than the sums
     order = np.argsort(off, kind="stable")
     a, b = off[order] + 34, end[order]
@@ -182,12 +182,12 @@ def l4_valid(buf: np.ndarray, off: np.ndarray) -> np.ndarray:
         j = max(j, i + 1)
         base = int(a[i]) & ~3
         top = int(b[i:j].max()) + 8
-        out[i:j] = _ones_sum(buf[base:top], a[i:j] - base, b[i:j] - base)
+        out[i:j] = ones_sum(buf[base:top], a[i:j] - base, b[i:j] - base)
         i = j
     s[order] = out
     proto = buf[off + 23].astype(_I64)
     pseudo = sum(_u16(buf, off + j) for j in (26, 28, 30, 32)) + proto + (end - off - 34)
-    ok = _fold(s + pseudo.astype(np.uint64)) == 0xFFFF
+    ok = fold16(s + pseudo.astype(np.uint64)) == 0xFFFF
     udp = proto == UDP
     return ok & ~(udp & (_u16(buf, off + 40) == 0))
 
