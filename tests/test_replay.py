@@ -609,3 +609,53 @@ def test_batch_transmit_gives_the_per_packet_bytes(name):
     diffs = [i for i, (a, b) in enumerate(zip(fast.frames, slow.frames)) if a != b]
     assert not diffs, f"{name}: {len(diffs)} frames differ, first {diffs[0]}"
     assert all(type(f) is bytes or isinstance(f, bytes) for f in fast.frames)
+
+
+# --------------------------------------------------------------------------- the second read
+
+def _same_frames(a, b) -> None:
+    assert a.inputs == b.inputs and len(a) == len(b)
+    assert list(a.frames) == list(b.frames)
+    assert np.array_equal(a.leg, b.leg) and np.array_equal(a.src_frame, b.src_frame)
+
+
+@pytest.mark.tshark
+def test_inputs_mapped_in_place_or_read_again_give_the_same_frames(tmp_path):
+    """An uncompressed pcapng or pcap is memory-mapped (the frames located from the table's
+    record offsets); a gzip file is read a second time. The expected frames are the same."""
+    import gzip
+    import shutil
+
+    name = "fullnat"          # frames that grow (TOA): the buffer's room before each frame
+    src = SYNTH / name / "trace.pcapng"
+    topo = load_topology(str(SYNTH / name / "topology.toml"))
+    pcap = tmp_path / "trace.pcap"      # (one capture point: pcap has no interface names)
+    subprocess.run(["editcap", "-F", "pcap", str(src), str(pcap)], check=True)
+    for plain in (src, pcap):
+        gz = tmp_path / (plain.name + ".gz")
+        with open(plain, "rb") as f, gzip.open(gz, "wb") as g:
+            shutil.copyfileobj(f, g)
+        mapped, streamed = replay([str(plain)], topo), replay([str(gz)], topo)
+        assert len(mapped) > 100 and sum(mapped.by_leg().values()) == len(mapped)
+        _same_frames(mapped, streamed)
+
+
+def test_a_file_changed_between_the_two_reads_is_an_input_error(tmp_path):
+    src = SYNTH / "nat" / "trace.pcapng"
+    topo = load_topology(str(SYNTH / "nat" / "topology.toml"))
+    copy = tmp_path / "trace.pcapng"
+    copy.write_bytes(src.read_bytes())
+    t = read_table([str(copy)])
+    flows = stitch(t, topo)
+    data = bytearray(copy.read_bytes())
+    # every record: its captured length no longer what the first read found
+    for at, cap in zip(t["offset"].tolist(), t["caplen"].tolist()):
+        assert data[at:at + 4] == b"\x06\x00\x00\x00"
+        data[at + 20:at + 24] = (cap + 4).to_bytes(4, "little")
+    copy.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="changed"):
+        replay([str(copy)], topo, table=t, flows=flows)
+    at = int(t["offset"][len(t) // 2])
+    copy.write_bytes(src.read_bytes()[:at])          # cut short
+    with pytest.raises(InputError, match="changed"):
+        replay([str(copy)], topo, table=t, flows=flows)

@@ -86,6 +86,7 @@ from typing import Sequence
 import numpy as np
 
 from ..capture import read_table
+from ..capture.mapped import map_frames
 from ..capture.records import open_input
 from ..capture.table import PacketTable
 from ..errors import InputError
@@ -354,15 +355,45 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     # (64 bytes to spare at the end: xmit_batch reads whole header rows)
     buf = _buffer(raw + int(caplen[odd].sum()) + (14 + room) * len(odd) + room * n_rows + 64)
     at = 0
-    got = 0
     pad = bytes(room)
+
+    def put(dest: np.ndarray, mv: memoryview, a: np.ndarray, size: np.ndarray) -> None:
+        """Frames mv[a:a + size] to the buffer, ``room`` bytes before each (rows ``dest``)."""
+        nonlocal at
+        parts = [mv[x:y] for x, y in zip(a.tolist(), (a + size).tolist())]
+        if room:
+            both = [pad] * (2 * len(parts))
+            both[1::2] = parts
+            parts = both
+        chunk = b"".join(parts)
+        buf[at:at + len(chunk)] = chunk
+        off[dest] = at + np.cumsum(size + room) - size
+        ln[dest] = size
+        at += len(chunk)
+
+    offset_col = table["offset"]
     for i, path in enumerate(paths):
         lo, hi = np.searchsorted(srows, [starts[i], starts[i + 1]])
         if lo == hi:
             continue
+        summary = table.inputs[i] if i < len(table.inputs) else None
+        mapped = (map_frames(path, summary.format, offset_col[srows[lo:hi]], caplen[order[lo:hi]])
+                  if summary is not None and not summary.compressed else None)
+        if mapped is not None:
+            # an uncompressed file: its frames in place, no second parse
+            mm, data = mapped
+            mv = memoryview(mm)
+            step = 1 << 16
+            for j in range(0, hi - lo, step):
+                put(order[lo + j:lo + j + step], mv, data[j:j + step], caplen[order[lo + j:lo + j + step]])
+            mv.release()
+            mm.close()
+            continue
         want = srows[lo:hi] - starts[i]           # positions within this input
         pos = 0
         j = 0
+        got = 0
+        total = int(caplen[order[lo:hi]].sum())
         vts: list = []
         for batch in open_input(path, i, vts):
             n = len(batch)
@@ -372,24 +403,13 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
                 if not np.array_equal(batch.frame[local], frame_col[srows[lo + j:lo + k]]):
                     raise InputError(path, "the file changed while it was being replayed (frame "
                                      "numbers differ on the second read)")
-                a = batch.data_off[local].astype(np.int64)
                 size = batch.caplen[local].astype(np.int64)
-                mv = memoryview(batch.buf)
-                parts = [mv[x:y] for x, y in zip(a.tolist(), (a + size).tolist())]
-                if room:
-                    both = [pad] * (2 * len(parts))
-                    both[1::2] = parts
-                    parts = both
-                chunk = b"".join(parts)
-                got += len(chunk) - room * (k - j)
-                if got > raw:
+                got += int(size.sum())
+                if got > total:
                     raise InputError(path, "the file changed while it was being replayed "
                                      "(frame lengths differ on the second read)")
-                buf[at:at + len(chunk)] = chunk
-                dest = order[lo + j:lo + k]
-                off[dest] = at + np.cumsum(size + room) - size
-                ln[dest] = size
-                at += len(chunk)
+                put(order[lo + j:lo + k], memoryview(batch.buf),
+                    batch.data_off[local].astype(np.int64), size)
                 j = k
             pos += n
             if j >= len(want):
