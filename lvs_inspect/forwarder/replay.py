@@ -86,7 +86,7 @@ from typing import Sequence
 import numpy as np
 
 from ..capture import read_table
-from ..capture.mapped import map_frames
+from ..capture.reread import reread_frames
 from ..capture.records import open_input
 from ..capture.table import PacketTable
 from ..errors import InputError
@@ -317,16 +317,16 @@ def _most_common(values: np.ndarray, exclude=()) -> int:
 
 
 def _buffer(size: int):
-    """A writable buffer of ``size`` zero bytes whose slices are ``bytes``: anonymous memory
-    with transparent huge pages where the kernel has them (a 4 KB page fault per 4 KB is what
-    a large fresh buffer costs most)."""
-    m = mmap.mmap(-1, max(size, 1))
-    if hasattr(mmap, "MADV_HUGEPAGE"):
+    """A writable buffer of ``size`` zero bytes whose slices are ``bytes``: anonymous memory,
+    its pages mapped at once where the kernel can (MAP_POPULATE: one call instead of a page
+    fault per 4 KB, which is what a large fresh buffer costs most)."""
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if flags and hasattr(mmap, "MAP_POPULATE"):
         try:
-            m.madvise(mmap.MADV_HUGEPAGE)
+            return mmap.mmap(-1, max(size, 1), flags=flags | mmap.MAP_POPULATE)
         except OSError:
             pass
-    return m
+    return mmap.mmap(-1, max(size, 1))
 
 
 def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
@@ -334,7 +334,12 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     """The captured bytes of table rows ``rows`` (any order), read again from the inputs, in
     one buffer: (buffer, offset of row i's frame, its length), ``room`` zero bytes before each
     frame (where xmit_batch puts the bytes a frame grows by). Frames of other link types are
-    given an Ethernet header (those frames are placed after the others)."""
+    given an Ethernet header (those frames are placed after the others).
+
+    Layout: one slot per frame, ``room`` + a width (its length rounded up: to 64 at least, to
+    16 bytes up to 2048, to a power of two above), the slots of one width side by side, so that the frames of a piece of an uncompressed
+    input (:func:`~lvs_inspect.capture.reread.reread_frames`) are copied with one numpy
+    assignment per width (fixed-size records), not one Python operation per frame."""
     n_rows = len(rows)
     off = np.zeros(n_rows, dtype=np.int64)
     ln = np.zeros(n_rows, dtype=np.int64)
@@ -347,53 +352,55 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     frame_col = table["frame"]
     vantages = table.vantages
     linktype = np.array([v.linktype for v in vantages] or [1], dtype=np.int64)
-    # other link types get an Ethernet header: room for the rewritten frames after the rest
     caplen = table["caplen"][rows].astype(np.int64)
+    ln[:] = caplen
     lt = linktype[table["iface"][rows]]
     odd = np.flatnonzero(lt != _LINK_ETHERNET)
-    raw = int(caplen.sum())
-    # (64 bytes to spare at the end: xmit_batch reads whole header rows)
-    buf = _buffer(raw + int(caplen[odd].sum()) + (14 + room) * len(odd) + room * n_rows + 64)
-    at = 0
-    pad = bytes(room)
-
-    def put(dest: np.ndarray, mv: memoryview, a: np.ndarray, size: np.ndarray) -> None:
-        """Frames mv[a:a + size] to the buffer, ``room`` bytes before each (rows ``dest``)."""
-        nonlocal at
-        parts = [mv[x:y] for x, y in zip(a.tolist(), (a + size).tolist())]
-        if room:
-            both = [pad] * (2 * len(parts))
-            both[1::2] = parts
-            parts = both
-        chunk = b"".join(parts)
-        buf[at:at + len(chunk)] = chunk
-        off[dest] = at + np.cumsum(size + room) - size
-        ln[dest] = size
-        at += len(chunk)
-
+    # the slots: a width per row, a region per width, the rank of a row within its region
+    width = np.where(caplen <= 64, 64, np.where(
+        caplen <= 2048, (caplen + 15) & ~15,
+        np.left_shift(1, np.ceil(np.log2(np.maximum(caplen, 1))).astype(np.int64))))
+    sizes, wid, counts = np.unique(width, return_inverse=True, return_counts=True)
+    region = np.zeros(len(sizes) + 1, dtype=np.int64)
+    region[1:] = np.cumsum(counts * (sizes + room))
+    by_width = np.argsort(wid, kind="stable")
+    rank = np.empty(n_rows, dtype=np.int64)
+    rank[by_width] = np.arange(n_rows) - np.searchsorted(wid[by_width], wid[by_width])
+    off[:] = region[wid] + rank * (width + room) + room
+    # other link types get an Ethernet header: room for the rewritten frames after the rest;
+    # 64 bytes to spare at the end (xmit_batch reads whole header rows)
+    slots = int(region[-1])
+    buf = _buffer(slots + int(caplen[odd].sum()) + (14 + room) * len(odd) + 64)
+    at = slots
+    dst_rows = [np.ndarray((int(c),), dtype=f"V{int(w)}", buffer=buf, offset=int(r) + room,
+                           strides=(int(w) + room,))
+                for w, c, r in zip(sizes, counts, region)]
     offset_col = table["offset"]
     for i, path in enumerate(paths):
         lo, hi = np.searchsorted(srows, [starts[i], starts[i + 1]])
         if lo == hi:
             continue
         summary = table.inputs[i] if i < len(table.inputs) else None
-        mapped = (map_frames(path, summary.format, offset_col[srows[lo:hi]], caplen[order[lo:hi]])
+        mine = order[lo:hi]
+        pieces = (reread_frames(path, summary.format, offset_col[srows[lo:hi]], caplen[mine],
+                                slack=int(width[mine].max()))
                   if summary is not None and not summary.compressed else None)
-        if mapped is not None:
-            # an uncompressed file: its frames in place, no second parse
-            mm, data = mapped
-            mv = memoryview(mm)
-            step = 1 << 16
-            for j in range(0, hi - lo, step):
-                put(order[lo + j:lo + j + step], mv, data[j:j + step], caplen[order[lo + j:lo + j + step]])
-            mv.release()
-            mm.close()
+        if pieces is not None:
+            # an uncompressed file: the frames read at their offsets, no second parse
+            for a, b, piece, data in pieces:
+                dest = mine[a:b]
+                wd = wid[dest]
+                for u in np.unique(wd).tolist():
+                    sel = wd == u
+                    w = int(sizes[u])
+                    src = np.ndarray((len(piece) - w + 1,), dtype=f"V{w}", buffer=piece,
+                                     strides=(1,))
+                    dst_rows[u][rank[dest[sel]]] = src[data[sel]]
             continue
+        # compressed: parsed a second time, the frames copied one by one
         want = srows[lo:hi] - starts[i]           # positions within this input
         pos = 0
         j = 0
-        got = 0
-        total = int(caplen[order[lo:hi]].sum())
         vts: list = []
         for batch in open_input(path, i, vts):
             n = len(batch)
@@ -403,19 +410,21 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
                 if not np.array_equal(batch.frame[local], frame_col[srows[lo + j:lo + k]]):
                     raise InputError(path, "the file changed while it was being replayed (frame "
                                      "numbers differ on the second read)")
-                size = batch.caplen[local].astype(np.int64)
-                got += int(size.sum())
-                if got > total:
+                dest = mine[j:k]
+                if not np.array_equal(batch.caplen[local], caplen[dest]):
                     raise InputError(path, "the file changed while it was being replayed "
                                      "(frame lengths differ on the second read)")
-                put(order[lo + j:lo + k], memoryview(batch.buf),
-                    batch.data_off[local].astype(np.int64), size)
+                mv = memoryview(batch.buf)
+                for o, a, n_ in zip(off[dest].tolist(), batch.data_off[local].tolist(),
+                                    caplen[dest].tolist()):
+                    buf[o:o + n_] = mv[a:a + n_]
                 j = k
             pos += n
             if j >= len(want):
                 break
         if j < len(want):
             raise InputError(path, "the file is shorter on the second read than on the first")
+    del dst_rows
     # other link types: an Ethernet header from the decoded columns
     if len(odd):
         esrc = table["eth_src"][rows[odd]].tolist()
