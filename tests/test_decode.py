@@ -372,3 +372,28 @@ def test_ones_complement_sum_matches_a_plain_reference_at_every_alignment():
 
     got = ones_sum(buf, a, b)
     assert got.tolist() == [ref(buf[x:y]) for x, y in zip(a, b)]
+
+
+def test_reading_without_tcp_options_leaves_only_the_option_columns_empty():
+    """replay reads non-FullNAT traces with tcp_options=False: every other column is the same."""
+    from pathlib import Path
+
+    from lvs_inspect.capture import read_table
+    from lvs_inspect.capture.schema import COLUMNS, empty_column
+
+    trace = str(Path(__file__).resolve().parent.parent / "fixtures" / "synth" / "fullnat" / "trace.pcapng")
+    full = read_table([trace])
+    bare = read_table([trace], tcp_options=False)
+    option_cols = {"tcp_opts", "tcp_mss", "tcp_ws", "tcp_sackok", "tcp_tsval", "tcp_tsecr",
+                   "toa_kind", "toa_len", "toa_port", "toa_addr"}
+    assert (full["toa_kind"] != 0).any() and (full["tcp_mss"] != 0).any()
+    for c in COLUMNS:
+        if c.group != "core":
+            continue
+        if c.name in option_cols:
+            assert np.array_equal(bare[c.name], empty_column(c.name, len(bare))), c.name
+        else:
+            assert np.array_equal(full[c.name], bare[c.name]), c.name
+    assert full.tcp_option_bytes(int(np.flatnonzero(full["tcp_hlen"] > 20)[0]))
+    with pytest.raises(ValueError, match="without TCP options"):
+        bare.tcp_option_bytes(0)

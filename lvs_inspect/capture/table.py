@@ -83,7 +83,8 @@ class PacketTable:
         self.n = n
         self.core = core
         self.sparse = sparse          # group -> {"rows": int64, col: values}
-        self.opt_bytes = opt_bytes    # raw TCP option bytes of every row, concatenated
+        self.opt_bytes = opt_bytes    # raw TCP option bytes of every row, concatenated (None:
+                                      # read without TCP options, TraceReader(tcp_options=False))
         self.vantages = list(vantages)
         self.book = book
         self.inputs = list(inputs)
@@ -161,6 +162,8 @@ class PacketTable:
     # ---- TCP options -----------------------------------------------------------------
     def tcp_option_bytes(self, row: int) -> bytes:
         """Raw option bytes of the TCP header of a row (b'' when none)."""
+        if self.opt_bytes is None:
+            raise ValueError("this table was read without TCP options (tcp_options=False)")
         if self._opt_index is None:
             lens = np.maximum(self.core["tcp_hlen"].astype(np.int64) - 20, 0)
             self._opt_index = np.concatenate([[0], np.cumsum(lens)])
@@ -195,7 +198,8 @@ class PacketTable:
         return out
 
     def nbytes(self) -> int:
-        total = sum(a.nbytes for a in self.core.values()) + self.opt_bytes.nbytes
+        total = sum(a.nbytes for a in self.core.values()) + (
+            self.opt_bytes.nbytes if self.opt_bytes is not None else 0)
         for g in self.sparse.values():
             total += sum(a.nbytes for a in g.values())
         return total
@@ -248,7 +252,8 @@ class PacketTable:
                     sparse[g][k] = np.concatenate([p.sparse[g][k] + off for p, off in zip(parts, offsets)])
                 else:
                     sparse[g][k] = np.concatenate([p.sparse[g][k] for p in parts])
-        opt = np.concatenate([p.opt_bytes for p in parts])
+        opt = (None if any(p.opt_bytes is None for p in parts)
+               else np.concatenate([p.opt_bytes for p in parts]))
         for p in parts:
             p.opt_bytes = None
         release_freed_memory()

@@ -444,6 +444,10 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     return buf, off, ln
 
 
+def _has_fullnat(topo: Topology) -> bool:
+    return any(rs.mode is Mode.FULLNAT for svc in topo.services for rs in svc.real_servers)
+
+
 def _outer_source(rs_ip, ips) -> bytes | None:
     """The director's address on the route to a real server: the one of its addresses
     sharing the longest prefix with the server's (same family)."""
@@ -491,7 +495,10 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     t0 = clock()
     if table is None:
         # the checksums that matter (the inputs') are checked by _batch_shapes
-        table = read_table(paths, **{"checksums": False, **reader_kwargs})
+        # and the TCP options only where FullNAT needs them (stitching by TOA, the batch
+        # shapes: client TOA, SACK blocks)
+        table = read_table(paths, **{"checksums": False, "tcp_options": _has_fullnat(topo),
+                                     **reader_kwargs})
     t1 = clock()
     timings["read"] = t1 - t0
     if flows is None:
@@ -635,7 +642,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     sport = table["sport"][rows].tolist()
     dport = table["dport"][rows].tolist()
     # sequence numbers and payload lengths: for FullNAT only (D1's ISN, the TOA decision)
-    if any(rs.mode is Mode.FULLNAT for svc in topo.services for rs in svc.real_servers):
+    if _has_fullnat(topo):
         seq = table["tcp_seq"][rows].tolist()
         ack = table["tcp_ack"][rows].tolist()
         plen = table["payload_len"][rows].tolist()
