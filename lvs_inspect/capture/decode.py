@@ -464,7 +464,7 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
         }
         # from here on "the IP header" is the inner one for tunnelled rows
         ippos = np.where(tunnelled, inner_pos, l3)
-        fin = _merge_ip(tunnelled, inner, ip)
+        fin = _merge_ip(tunnelled, inner, ip, win=opts.checksums)
         fin.ok = ip.ok & (inner.ok | ~tunnelled) & (status == 0)
     else:
         sparse["tun"] = empty_group("tun")
@@ -561,13 +561,15 @@ def decode_batch(batch: RecordBatch, vantages: list[Vantage], book: AddressBook,
     return core, sparse, opt_bytes
 
 
-def _merge_ip(mask: np.ndarray, a: _IP, b: _IP) -> _IP:
-    """Row-wise: ``a`` where mask, else ``b``."""
+def _merge_ip(mask: np.ndarray, a: _IP, b: _IP, win: bool = True) -> _IP:
+    """Row-wise: ``a`` where mask, else ``b``. ``win=False``: without the header windows (only
+    the checksums read them; the merge of two n x 64 arrays is the costly part)."""
     def pick(x, y):
         if isinstance(x, tuple):
             return tuple(pick(i, j) for i, j in zip(x, y))
         return np.where(mask if x.ndim == 1 else mask[:, None], x, y)
-    return _IP(**{fl.name: pick(getattr(a, fl.name), getattr(b, fl.name)) for fl in dc_fields(_IP)})
+    return _IP(**{fl.name: (pick(getattr(a, fl.name), getattr(b, fl.name))
+                            if win or fl.name != "win" else None) for fl in dc_fields(_IP)})
 
 
 def _word_sum(w: np.ndarray, off: int, count: int) -> np.ndarray:
