@@ -375,7 +375,8 @@ def test_ones_complement_sum_matches_a_plain_reference_at_every_alignment():
 
 
 def test_reading_without_tcp_options_leaves_only_the_option_columns_empty():
-    """replay reads non-FullNAT traces with tcp_options=False: every other column is the same."""
+    """replay reads non-FullNAT traces with tcp_options=False (every other column is the same),
+    FullNAT ones with option_bytes=False (every column is the same, no raw option bytes)."""
     from pathlib import Path
 
     from lvs_inspect.capture import read_table
@@ -395,5 +396,11 @@ def test_reading_without_tcp_options_leaves_only_the_option_columns_empty():
         else:
             assert np.array_equal(full[c.name], bare[c.name]), c.name
     assert full.tcp_option_bytes(int(np.flatnonzero(full["tcp_hlen"] > 20)[0]))
-    with pytest.raises(ValueError, match="without TCP options"):
+    with pytest.raises(ValueError, match="without TCP option bytes"):
         bare.tcp_option_bytes(0)
+    # the columns without the raw bytes
+    cols = read_table([trace], option_bytes=False)
+    assert cols.opt_bytes is None and full.opt_bytes is not None
+    for c in COLUMNS:
+        if c.group == "core":
+            assert np.array_equal(full[c.name], cols[c.name]), c.name

@@ -32,12 +32,13 @@ class TraceReader:
 
     def __init__(self, paths: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK,
                  toa_kinds: Sequence[int] = (254, 253, 200), gue_ports: Sequence[int] = (6080,),
-                 checksums: bool = True, tcp_options: bool = True,
+                 checksums: bool = True, tcp_options: bool = True, option_bytes: bool = True,
                  stdin: BinaryIO | None = None, stop=None,
                  progress: Callable[[float | None], None] | None = None):
         self.paths = [str(p) for p in paths]
         self.chunk_bytes = chunk_bytes
-        self.opts = DecodeOptions(tuple(toa_kinds), tuple(gue_ports), checksums, tcp_options)
+        self.opts = DecodeOptions(tuple(toa_kinds), tuple(gue_ports), checksums, tcp_options,
+                                  option_bytes and tcp_options)
         self.stdin = stdin
         self.stop = stop
         self.progress = progress

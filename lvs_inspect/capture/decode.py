@@ -49,6 +49,8 @@ class DecodeOptions:
     #: False: the TCP option columns (tcp_opts .. toa_addr) keep their empty values and the
     #: table holds no option bytes (for readers that need none: replay, about a fifth faster)
     tcp_options: bool = True
+    #: False: the option columns without the raw option bytes (PacketTable.opt_bytes is None)
+    option_bytes: bool = True
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,6 +106,14 @@ def _u64(w, off):
 
 def _mac(w, off):
     return (_u16(w, off).astype(np.uint64) << np.uint64(32)) | _u32(w, off + 2).astype(np.uint64)
+
+
+def _any_of(a: np.ndarray, keys) -> np.ndarray:
+    """``np.isin(a, keys)`` for a few small integer keys, as comparisons (no sort)."""
+    out = np.zeros(a.shape, dtype=bool)
+    for k in keys:
+        out |= a == k
+    return out
 
 
 def _gather16(wins: np.ndarray, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -652,7 +662,7 @@ def _tcp_options(core, w4, tcp, thl, status, book: AddressBook, opts: DecodeOpti
             for kind, name in named.items():
                 sel = gk == kind
                 bits[gi[sel]] |= np.uint32(1 << OPT_BIT[name])
-            is_toa = np.isin(gk, toa_kinds) & ((gl == 8) | (gl == 20) | (gl == 7))
+            is_toa = _any_of(gk, toa_kinds) & ((gl == 8) | (gl == 20) | (gl == 7))
             first_toa = is_toa & (toa_kind[gi] == 0)
             if first_toa.any():
                 r, q, kk, ll = gi[first_toa], gp[first_toa], gk[first_toa], gl[first_toa]
@@ -677,7 +687,7 @@ def _tcp_options(core, w4, tcp, thl, status, book: AddressBook, opts: DecodeOpti
                     toa_v6_rows.append(r6)
                     toa_v6_hi.append(hi)
                     toa_v6_lo.append(lo)
-            known = np.isin(gk, (2, 3, 4, 5, 8, 34, 30)) | is_toa
+            known = _any_of(gk, (2, 3, 4, 5, 8, 34, 30)) | is_toa
             bits[gi[~known]] |= np.uint32(1 << OPT_BIT["other"])
         p = p + np.where(good, ln, 1)
         keep = ~eol & ~bad & (p < end)
@@ -689,6 +699,8 @@ def _tcp_options(core, w4, tcp, thl, status, book: AddressBook, opts: DecodeOpti
     core.update(tcp_opts=bits, tcp_mss=mss, tcp_ws=ws, tcp_sackok=sackok, tcp_tsval=tsval,
                 tcp_tsecr=tsecr, toa_kind=toa_kind, toa_len=toa_len, toa_port=toa_port, toa_addr=toa_addr)
     optlen = np.where(tcp, thl - 20, 0)
+    if not opts.option_bytes:
+        return None
     if not optlen.any():
         return np.zeros(0, dtype=np.uint8)
     return w4[:, 20:60][np.arange(40)[None, :] < optlen[:, None]]

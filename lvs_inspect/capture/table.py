@@ -84,7 +84,7 @@ class PacketTable:
         self.core = core
         self.sparse = sparse          # group -> {"rows": int64, col: values}
         self.opt_bytes = opt_bytes    # raw TCP option bytes of every row, concatenated (None:
-                                      # read without TCP options, TraceReader(tcp_options=False))
+                                      # read without them, TraceReader(option_bytes=False))
         self.vantages = list(vantages)
         self.book = book
         self.inputs = list(inputs)
@@ -163,7 +163,7 @@ class PacketTable:
     def tcp_option_bytes(self, row: int) -> bytes:
         """Raw option bytes of the TCP header of a row (b'' when none)."""
         if self.opt_bytes is None:
-            raise ValueError("this table was read without TCP options (tcp_options=False)")
+            raise ValueError("this table was read without TCP option bytes (option_bytes=False)")
         if self._opt_index is None:
             lens = np.maximum(self.core["tcp_hlen"].astype(np.int64) - 20, 0)
             self._opt_index = np.concatenate([[0], np.cumsum(lens)])

@@ -498,7 +498,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
         # and the TCP options only where FullNAT needs them (stitching by TOA, the batch
         # shapes: client TOA, SACK blocks)
         table = read_table(paths, **{"checksums": False, "tcp_options": _has_fullnat(topo),
-                                     **reader_kwargs})
+                                     "option_bytes": False, **reader_kwargs})
     t1 = clock()
     timings["read"] = t1 - t0
     if flows is None:
