@@ -260,7 +260,7 @@ class _Dest:
 
     __slots__ = ("ver", "mode", "rs_ip", "rs_mac", "src_mac", "ttl_req", "ttl_rep", "tun_kind",
                  "tun_known", "tun_port", "tun_csum", "outer_src", "toa", "mss_reduce", "remove_ts", "toa_full", "strip_toa", "seq_delta",
-                 "lips", "endpoint", "svc_key")
+                 "lips", "endpoint", "svc_key", "rows")
 
 
 class _Conn:
@@ -729,6 +729,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
         d.seq_delta = profile.seq_delta
         d.lips = [a.packed for a in topo.lips_for(svc) if a.version == rs.ip.version]
         d.svc_key = id(svc_state)
+        d.rows = {}                    # batch parameter rows its connections share (_vq)
         dests[(id(svc_state), j)] = d
         return d
 
@@ -1116,7 +1117,25 @@ def _mac_int(m) -> int:
 
 def _vq(s: _Conn, d: _Dest, cp, vparams: list) -> int:
     """The batch parameter row of a connection's packets toward the real server (-1: the
-    per-packet functions must make them: another address family)."""
+    per-packet functions must make them: another address family). NAT, DR and TUN rows
+    depend on the server, not the connection (but for the port and the GUE source port):
+    the connections of a server share them."""
+    m = d.mode
+    if m != _FNAT:
+        key = (d.ver, cp.dport if m == _NAT else 0,
+               (s.gue_sport if s.gue_sport is not None else s.vg) if m == _TUN else None)
+        pid = d.rows.get(key)
+        if pid is None:
+            pid = d.rows[key] = _vq_row(s, d, cp, vparams)
+        s.vq, s.vv = pid, d.ver
+        return pid
+    pid = _vq_row(s, d, cp, vparams)
+    s.vq, s.vv = pid, d.ver
+    return pid
+
+
+def _vq_row(s: _Conn, d: _Dest, cp, vparams: list) -> int:
+    """A new batch parameter row for :func:`_vq` (its index, or -1)."""
     smac, dmac = _mac_int(d.src_mac), _mac_int(d.rs_mac)
     m, pid = d.mode, -1
     if m == _NAT:
@@ -1144,7 +1163,6 @@ def _vq(s: _Conn, d: _Dest, cp, vparams: list) -> int:
         vparams.append((d.ttl_req, int.from_bytes(s.lip, "big"), int.from_bytes(d.rs_ip, "big"),
                         s.lport, cp.dport, s.d1, 0, smac, dmac, 0, 0, 0,
                         d.toa.kind if d.toa is not None else -1, 0))
-    s.vq, s.vv = pid, d.ver
     return pid
 
 
