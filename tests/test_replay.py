@@ -619,10 +619,31 @@ def _same_frames(a, b) -> None:
     assert np.array_equal(a.leg, b.leg) and np.array_equal(a.src_frame, b.src_frame)
 
 
+def _copy_trace(src: Path, dst: Path, big_endian: bool, pcap: bool = False) -> Path:
+    """The same frames, capture points and timestamps, written in the other byte order (pcap:
+    one capture point)."""
+    from lvs_inspect.capture.writer import PcapWriter
+
+    vts: list = []
+    batches = list(open_input(str(src), 0, vts))
+    if pcap:
+        w = PcapWriter(str(dst), big_endian=big_endian)
+    else:
+        w = PcapngWriter(str(dst), [(v.name, v.linktype) for v in vts], big_endian=big_endian)
+    with w:
+        for b in batches:
+            for i in range(len(b)):
+                if pcap:
+                    w.write(int(b.ts_ns[i]), b.frame_bytes(i))
+                else:
+                    w.write(int(b.iface[i]), int(b.ts_ns[i]), b.frame_bytes(i))
+    return dst
+
+
 @pytest.mark.tshark
-def test_inputs_mapped_in_place_or_read_again_give_the_same_frames(tmp_path):
-    """An uncompressed pcapng or pcap is memory-mapped (the frames located from the table's
-    record offsets); a gzip file is read a second time. The expected frames are the same."""
+def test_inputs_read_at_their_offsets_or_parsed_again_give_the_same_frames(tmp_path):
+    """An uncompressed pcapng or pcap (either byte order) is read again at the record offsets
+    the table keeps; a gzip file is parsed a second time. The expected frames are the same."""
     import gzip
     import shutil
 
@@ -631,6 +652,9 @@ def test_inputs_mapped_in_place_or_read_again_give_the_same_frames(tmp_path):
     topo = load_topology(str(SYNTH / name / "topology.toml"))
     pcap = tmp_path / "trace.pcap"      # (one capture point: pcap has no interface names)
     subprocess.run(["editcap", "-F", "pcap", str(src), str(pcap)], check=True)
+    be = _copy_trace(src, tmp_path / "be.pcapng", big_endian=True)
+    be_pcap = _copy_trace(src, tmp_path / "be.pcap", big_endian=True, pcap=True)
+    assert be.read_bytes()[8:12] == bytes.fromhex("1a2b3c4d")
     for plain in (src, pcap):
         gz = tmp_path / (plain.name + ".gz")
         with open(plain, "rb") as f, gzip.open(gz, "wb") as g:
@@ -638,6 +662,7 @@ def test_inputs_mapped_in_place_or_read_again_give_the_same_frames(tmp_path):
         mapped, streamed = replay([str(plain)], topo), replay([str(gz)], topo)
         assert len(mapped) > 100 and sum(mapped.by_leg().values()) == len(mapped)
         _same_frames(mapped, streamed)
+        _same_frames(replay([str(be if plain == src else be_pcap)], topo), mapped)
 
 
 def test_a_file_changed_between_the_two_reads_is_an_input_error(tmp_path):

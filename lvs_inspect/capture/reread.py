@@ -29,10 +29,19 @@ PIECE = 32 << 20          # bytes read at a time (a single larger frame is read 
 
 def _u32(b: np.ndarray, at: np.ndarray, big: np.ndarray | bool) -> np.ndarray:
     """The 32-bit words at byte offsets ``at`` of ``b``, big-endian where ``big``."""
-    w = [b[at + i].astype(np.uint32) for i in range(4)]
-    be = (w[0] << 24) | (w[1] << 16) | (w[2] << 8) | w[3]
-    le = w[0] | (w[1] << 8) | (w[2] << 16) | (w[3] << 24)
-    return np.where(big, be, le)
+    if isinstance(big, np.ndarray) and not big.any():
+        big = False
+    words = {}
+    for order in ((">",) if big is True else ("<",) if big is False else ("<", ">")):
+        view = np.ndarray((len(b) - 3,), dtype=order + "u4", buffer=b, strides=(1,))
+        words[order] = view[at].astype(np.uint32)
+    if len(words) == 1:
+        return next(iter(words.values()))
+    return np.where(big, words[">"], words["<"])
+
+
+def _is_packet_block(btype: np.ndarray) -> np.ndarray:
+    return (btype == _EPB) | (btype == _SPB) | (btype == _PB)
 
 
 def reread_frames(path: str, fmt: str, rec_off: np.ndarray, caplen: np.ndarray, *,
@@ -95,14 +104,19 @@ def _pieces(fh, path: str, fmt: str, head: bytes, rec: np.ndarray, cap: np.ndarr
                 data = at + 16
                 ok = _u32(b, at + 8, pcap_big) == c
             else:
-                le_big = _u32(b, at, False), _u32(b, at, True)
-                big = np.isin(le_big[1], (_EPB, _PB, _SPB)) & ~np.isin(le_big[0], (_EPB, _PB, _SPB))
-                btype = np.where(big, le_big[1], le_big[0])
+                le = _u32(b, at, False)
+                big = ~_is_packet_block(le)
+                if big.any():              # a big-endian section
+                    be = _u32(b, at, True)
+                    big &= _is_packet_block(be)
+                    btype = np.where(big, be, le)
+                else:
+                    btype = le
                 spb = btype == _SPB
                 data = at + np.where(spb, 12, 28)
                 # EPB/PB: captured length at +20; SPB: original length at +8, at least that
                 field = _u32(b, np.minimum(at + np.where(spb, 8, 20), max(got - 4, 0)), big)
-                ok = np.isin(btype, (_EPB, _PB, _SPB)) & np.where(spb, field >= c, field == c)
+                ok = _is_packet_block(btype) & np.where(spb, field >= c, field == c)
             ok &= data + c <= got
             if not ok.all():
                 raise changed("the record", int(rec[lo + int(np.flatnonzero(~ok)[0])]))
