@@ -684,3 +684,27 @@ def test_a_file_changed_between_the_two_reads_is_an_input_error(tmp_path):
     copy.write_bytes(src.read_bytes()[:at])          # cut short
     with pytest.raises(InputError, match="changed"):
         replay([str(copy)], topo, table=t, flows=flows)
+
+
+def test_expected_frames_read_as_bytes_and_write_without_copies(tmp_path):
+    """The batch-made frames stay in the replay's buffer: indexing, slicing, iteration and
+    equality give bytes; writing takes buffer views, and the file is the same as from bytes."""
+    from lvs_inspect.forwarder.replay import ExpectedFrames
+
+    res = run("fullnat")
+    frames = res.frames
+    assert isinstance(frames, ExpectedFrames)
+    as_list = list(frames)
+    assert all(type(f) is bytes for f in as_list) and len(as_list) == len(res)
+    assert frames[-1] == as_list[-1] and frames[1:4] == as_list[1:4] and frames == as_list
+    assert frames != as_list[:-1] and frames != as_list[:-1] + [b"x"]
+    with pytest.raises(IndexError):
+        frames[len(frames)]
+    views = list(frames.views())
+    assert sum(type(v) is memoryview for v in views) > len(views) // 2
+    assert [bytes(v) for v in views] == as_list
+    a, b = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
+    res.write(a)
+    copy = type(res)(**{**res.__dict__, "frames": as_list})
+    copy.write(b)
+    assert a.read_bytes() == b.read_bytes()

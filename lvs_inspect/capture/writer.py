@@ -89,8 +89,12 @@ def _open_dest(dest, compress: bool | None) -> tuple[BinaryIO, list]:
     return raw, to_close
 
 
-def _frame_bytes(frame) -> bytes:
-    if isinstance(frame, (bytes, bytearray, memoryview)):
+def _frame_bytes(frame) -> bytes | memoryview:
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, memoryview) and frame.contiguous and frame.ndim == 1 and frame.itemsize == 1:
+        return frame                    # written as it is: no copy first
+    if isinstance(frame, (bytearray, memoryview)):
         return bytes(frame)
     # dpkt packets and anything else with a bytes() form
     return bytes(frame)

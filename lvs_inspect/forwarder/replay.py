@@ -80,6 +80,7 @@ import mmap
 import time
 import zlib
 from collections import Counter
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -101,7 +102,7 @@ from .conntable import ConnTable, Verdict
 from .localports import LocalPorts, NoLocalPort
 from .schedulers import ServiceTable
 
-__all__ = ["replay", "ReplayResult", "Disagreement", "LocalPorts", "COMMENT_PREFIX",
+__all__ = ["replay", "ReplayResult", "ExpectedFrames", "Disagreement", "LocalPorts", "COMMENT_PREFIX",
            "connection_text"]
 
 #: first words of every expected frame's pcapng comment (diff reads the connection from it)
@@ -148,6 +149,55 @@ class Disagreement:
                 f"{self.model_rs or 'no server'}{extra}")
 
 
+class ExpectedFrames(SequenceABC):
+    """The expected frames of a replay, each ``bytes`` when read: the batch transmit made most
+    of them in place in one buffer (frame i is ``buf[start[i]:end[i]]``), the per-packet
+    functions the others (``made``: index -> bytes). Kept that way rather than as a list of
+    bytes objects: writing them (:meth:`views`) needs no copy of each first."""
+
+    __slots__ = ("_buf", "_start", "_end", "_made")
+
+    def __init__(self, buf, start: np.ndarray, end: np.ndarray, made: dict):
+        self._buf = buf
+        self._start = start.tolist()
+        self._end = end.tolist()
+        self._made = made
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self._start)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"expected frame {i} out of range ({n} frames)")
+        f = self._made.get(j)
+        return f if f is not None else self._buf[self._start[j]:self._end[j]]
+
+    def __iter__(self):
+        return (bytes(v) for v in self.views())
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, (SequenceABC, ExpectedFrames)) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<ExpectedFrames: {len(self)} frames>"
+
+    def views(self):
+        """Each frame as a buffer (memoryview into the batch buffer, or bytes): no copies."""
+        mv = memoryview(self._buf)
+        made = self._made
+        for j, (a, b) in enumerate(zip(self._start, self._end)):
+            f = made.get(j) if made else None
+            yield f if f is not None else mv[a:b]
+
+
 @dataclass
 class ReplayResult:
     """The expected frames (in input order) and what happened to every input."""
@@ -155,7 +205,7 @@ class ReplayResult:
     traces: list[str]
     topology: Topology
     vantages: list                           # the traces' capture points (records.Vantage)
-    frames: list[bytes]                      # expected frames
+    frames: Sequence[bytes]                  # expected frames (ExpectedFrames)
     leg: np.ndarray                          # uint8 LEGS code per expected frame
     ts_ns: np.ndarray                        # int64: the timestamp of its input
     src_input: np.ndarray                    # int32: index in ``traces`` of its input frame
@@ -208,7 +258,8 @@ class ReplayResult:
         ts = self.ts_ns.tolist()
         with PcapngWriter(path, ifaces, comment=note) as w:
             write = w.write
-            for i, frame in enumerate(self.frames):
+            frames = self.frames.views() if isinstance(self.frames, ExpectedFrames) else self.frames
+            for i, frame in enumerate(frames):
                 write(index[legs[i]], ts[i], frame, comment=self.comment(i) if comments else None)
         return len(self.frames)
 
@@ -1023,13 +1074,10 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     leg_arr = np.array(out_leg, dtype=np.uint8)
     ok = np.flatnonzero(leg_arr)
     src_rows = rows[ok]
-    made = inbuf                          # its slices are bytes
-    del inbuf
     in_place = v_end[ok] > 0
-    out_frames = list(map(made.__getitem__, map(slice, v_start[ok].tolist(), v_end[ok].tolist())))
-    for i, k in zip(np.flatnonzero(~in_place).tolist(), ok[~in_place].tolist()):
-        out_frames[i] = frames[k]
-    del frames, made
+    out_frames = ExpectedFrames(inbuf, v_start[ok], v_end[ok], {
+        i: frames[k] for i, k in zip(np.flatnonzero(~in_place).tolist(), ok[~in_place].tolist())})
+    del frames, inbuf
     timings["transmit"] = clock() - t1
     inputs_by_leg: Counter = Counter()
     if n_in:
