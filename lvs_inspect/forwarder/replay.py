@@ -60,21 +60,23 @@ connections whose first packet in the trace is not a SYN (started before the cap
 adopted as the kernel's ``sloppy_tcp`` would. A NAT reply that finds no entry is forwarded
 unchanged, as the kernel does (:attr:`ReplayResult.unmatched_replies`).
 
-Speed: decoding and stitching are whole-column numpy work (:func:`lvs_inspect.capture.read_table`,
-without checksum verification: the inputs' checksums are checked here, only theirs; without
-the TCP option columns unless a FullNAT service needs them, and never the raw option bytes;
-:func:`lvs_inspect.flows.stitch`). The inputs' bytes are read again into one buffer: from an
-uncompressed file at the record offsets the table kept
+Speed: decoding and stitching are whole-column numpy work
+(:func:`lvs_inspect.capture.read_table`, without checksum verification: the inputs' checksums
+are checked here, only theirs; without the TCP option columns unless a FullNAT service needs
+them, and never the raw option bytes; :func:`lvs_inspect.flows.stitch`). The inputs' bytes are
+read again into one buffer: from an uncompressed file at the record offsets the table kept
 (:func:`lvs_inspect.capture.reread.reread_frames`, in large pieces, each record's header
 checked against the first read), copied into fixed-width slots with one numpy assignment per
-width; a compressed file is parsed a second time. The per-packet loop is the connection table's; it leaves the common packets — untagged IPv4
-TCP/UDP with a right checksum, not expiring; for FullNAT also SYNs (timestamp removal),
-SYN-ACKs (MSS lowered) and segments taking an 8-byte TOA with room for it, but not client
-TOAs or SACK edges — to :mod:`.xmit_batch`, which rewrites them all at once with numpy (RFC
-1624 incremental checksums, byte for byte what :mod:`.xmit` gives; ``batch=False`` turns it
-off), and calls the :mod:`.xmit` functions for the others. Frames that grow (TOA, tunnel
-headers) are made in place too: the gathered frames have 32 spare bytes before each, and stay
-in that buffer (:class:`ExpectedFrames`). The cyclic garbage collector is off during a replay. ``timings`` has each stage's seconds; bench/bench_replay.py.
+width; a compressed file is parsed a second time. The per-packet loop is the connection
+table's; it leaves the common packets — untagged IPv4 TCP/UDP with a right checksum, not
+expiring; for FullNAT also SYNs (timestamp removal), SYN-ACKs (MSS lowered) and segments taking
+an 8-byte TOA with room for it, but not client TOAs or SACK edges — to :mod:`.xmit_batch`,
+which rewrites them all at once with numpy (RFC 1624 incremental checksums, byte for byte what
+:mod:`.xmit` gives; ``batch=False`` turns it off), and calls the :mod:`.xmit` functions for the
+others. Frames that grow (TOA, tunnel headers) are made in place too: the gathered frames have
+32 spare bytes before each, and stay in that buffer (:class:`ExpectedFrames`). The cyclic
+garbage collector is off during a replay. ``timings`` has each stage's seconds;
+bench/bench_replay.py.
 """
 from __future__ import annotations
 
