@@ -46,8 +46,9 @@ class DecodeOptions:
     toa_kinds: tuple[int, ...] = (254, 253, 200)
     gue_ports: tuple[int, ...] = (6080,)
     checksums: bool = True
-    #: False: the TCP option columns (tcp_opts .. toa_addr) keep their empty values and the
-    #: table holds no option bytes (for readers that need none: replay, about a fifth faster)
+    #: False: the TCP option columns (tcp_opts .. toa_addr) keep their empty values, no frame
+    #: gets the BAD_TCP_OPTIONS status (still "decoded") and the table holds no option bytes
+    #: (for readers that need none: replay of a trace without FullNAT, a fifth faster)
     tcp_options: bool = True
     #: False: the option columns without the raw option bytes (PacketTable.opt_bytes is None)
     option_bytes: bool = True
