@@ -36,7 +36,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..capture import read_table
     from ..errors import InputError
-    from ..forwarder.replay import replay
+    from ..forwarder.replay import has_fullnat, replay
     from ..topology import load_topology
     from ..topology.infer import infer_topology
 
@@ -44,12 +44,14 @@ def run(args) -> int:
         if path == "-":
             raise InputError("-", "replay reads its traces twice: give a file, not standard input")
     # no checksum verification while decoding: replay checks the checksums of the packets it
-    # transmits itself (the only ones that matter to it), and that is a fifth of the reading
-    kw = {**reader_kwargs(args), "checksums": False}
+    # transmits itself (the only ones that matter to it), and that is a fifth of the reading;
+    # no raw TCP option bytes, and no option columns when the topology has no FullNAT service
+    topo = load_topology(args.topology) if args.topology else None
+    kw = {**reader_kwargs(args), "checksums": False, "option_bytes": False}
+    if topo is not None:
+        kw["tcp_options"] = has_fullnat(topo)
     table = read_table(args.traces, **kw)
-    if args.topology:
-        topo = load_topology(args.topology)
-    else:
+    if topo is None:
         try:
             topo = infer_topology(table, source=" ".join(args.traces))
         except ValueError as e:

@@ -501,7 +501,9 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     return buf, off, ln
 
 
-def _has_fullnat(topo: Topology) -> bool:
+def has_fullnat(topo: Topology) -> bool:
+    """Whether a service of the topology has a FullNAT real server (the TCP option columns are
+    needed to replay it)."""
     return any(rs.mode is Mode.FULLNAT for svc in topo.services for rs in svc.real_servers)
 
 
@@ -554,7 +556,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
         # the checksums that matter (the inputs') are checked by _batch_shapes
         # and the TCP options only where FullNAT needs them (stitching by TOA, the batch
         # shapes: client TOA, SACK blocks)
-        table = read_table(paths, **{"checksums": False, "tcp_options": _has_fullnat(topo),
+        table = read_table(paths, **{"checksums": False, "tcp_options": has_fullnat(topo),
                                      "option_bytes": False, **reader_kwargs})
     t1 = clock()
     timings["read"] = t1 - t0
@@ -699,7 +701,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     sport = table["sport"][rows].tolist()
     dport = table["dport"][rows].tolist()
     # sequence numbers and payload lengths: for FullNAT only (D1's ISN, the TOA decision)
-    if _has_fullnat(topo):
+    if has_fullnat(topo):
         seq = table["tcp_seq"][rows].tolist()
         ack = table["tcp_ack"][rows].tolist()
         plen = table["payload_len"][rows].tolist()
