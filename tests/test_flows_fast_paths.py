@@ -347,3 +347,22 @@ def test_take_is_a_gather_of_the_dense_column(name):
         assert got.dtype == want.dtype, col
         np.testing.assert_array_equal(got, want, err_msg=col)
         np.testing.assert_array_equal(t.take(col, rows[:0]), want[:0])
+
+
+@pytest.mark.parametrize("name", ["nat", "fullnat", "tun-gue", "dr-arp-leak"])
+def test_stitch_without_counters_keeps_who_is_who(name):
+    """replay stitches with counters=False: every per-row result and the connections' identity
+    columns are those of the full stitch; the counters, state and history are left out."""
+    d = FIX / "synth" / name
+    table = read_table([str(d / "trace.pcapng")])
+    topo = load_topology(str(d / "topology.toml"))
+    full = stitch(table, topo)
+    lite = stitch(table, topo, counters=False)
+    for attr in ("leg", "mode", "svc", "rs", "role", "cip", "cport", "vip", "vport", "conn", "obs",
+                 "first_row", "obs_first"):
+        assert np.array_equal(getattr(full, attr), getattr(lite, attr)), attr
+    assert len(lite.connections) == len(full.connections) > 0
+    pd.testing.assert_frame_equal(lite.connections, full.connections[list(lite.connections.columns)])
+    assert {"state", "history", "c_syn", "pk_client_director"} <= set(full.connections.columns)
+    assert not {"state", "history", "c_syn", "pk_client_director"} & set(lite.connections.columns)
+    assert "seq_delta" in lite.connections.columns

@@ -43,7 +43,11 @@ class Flows:
         return LEGS[int(self.leg[i])]
 
 
-def stitch(table: PacketTable, topo: Topology) -> Flows:
+def stitch(table: PacketTable, topo: Topology, *, counters: bool = True) -> Flows:
+    """Legs, connections and observations of every row. ``counters=False``: the connection
+    table holds who is who only (tuple, first/last time, service, real server, mode, FullNAT's
+    sequence delta), without the packet and flag counters, the state and the history (replay
+    needs no more)."""
     leg, mode, svc, rs, role, ep = classify_legs(table, topo)
     n = len(table)
     ip_src, ip_dst = table["ip_src"], table["ip_dst"]
@@ -105,7 +109,7 @@ def stitch(table: PacketTable, topo: Topology) -> Flows:
     obs, obs_first = _observations(table, conn, leg)
     release_freed_memory()
     connections, first_row = _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vip,
-                                               vport, proto, ep)
+                                               vport, proto, ep, counters)
     return Flows(table, topo, ep, leg, mode, svc, rs, role, cip, cport, vip, vport, conn, obs, connections,
                  first_row=first_row, obs_first=obs_first)
 
@@ -249,7 +253,7 @@ def _observations(table, conn, leg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vip, vport, proto,
-                      ep) -> tuple[pd.DataFrame, np.ndarray]:
+                      ep, counters: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per connection, and the table row of each connection's first packet.
 
     Counted over whole columns: rows off any connection go to bin 0 (``conn + 1``), dropped."""
@@ -286,6 +290,9 @@ def _connection_table(table, conn, obs_first, leg, mode, svc, rs, cip, cport, vi
     # a real server's mode where the rows did not say
     rs_mode = np.concatenate([ep.rs_mode.astype(np.int64), [0]])
     cols["mode"] = np.where(cols["mode"] == 0, rs_mode[cols["rs"]], cols["mode"])
+    if not counters:
+        cols["seq_delta"] = _seq_deltas(table, conn, leg, mode, nconn)
+        return pd.DataFrame(cols), first_row
     # packets, bytes and TCP flags: one row per observation (its first, in table order)
     rows = obs_first                      # ascending
     rows_all = rows

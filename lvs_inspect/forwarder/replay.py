@@ -561,7 +561,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     t1 = clock()
     timings["read"] = t1 - t0
     if flows is None:
-        flows = stitch(table, topo)
+        flows = stitch(table, topo, counters=False)
     t0 = clock()
     timings["stitch"] = t0 - t1
     profile = topo.profile
