@@ -394,9 +394,10 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     given an Ethernet header (those frames are placed after the others).
 
     Layout: one slot per frame, ``room`` + a width (its length rounded up: to 64 at least, to
-    16 bytes up to 2048, to a power of two above), the slots of one width side by side, so that the frames of a piece of an uncompressed
-    input (:func:`~lvs_inspect.capture.reread.reread_frames`) are copied with one numpy
-    assignment per width (fixed-size records), not one Python operation per frame."""
+    16 bytes up to 2048, to a power of two above), the slots of one width side by side, so
+    that the frames of a piece of an uncompressed input
+    (:func:`~lvs_inspect.capture.reread.reread_frames`) are copied with one numpy assignment
+    per width (fixed-size records), not one Python operation per frame."""
     n_rows = len(rows)
     off = np.zeros(n_rows, dtype=np.int64)
     ln = np.zeros(n_rows, dtype=np.int64)
