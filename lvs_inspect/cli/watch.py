@@ -152,7 +152,9 @@ def run(args) -> int:
         state["last"] = snap
         if snap.stage == "error":
             state["error"] = snap.error
-        if not state["started"] and snap.stage == "live":
+        # the first live snapshot says the capture runs; a short capture may end before the
+        # first one is due (its first snapshot is the final one, "done")
+        if not state["started"] and snap.stage in ("live", "done"):
             state["started"] = True
             where = ", ".join(args.interfaces) if args.interfaces else args.capture_cmd
             ring = f"; ring {src.ring_dir}" if src.ring_dir and not args.no_ring else ""
