@@ -29,15 +29,13 @@ PIECE = 32 << 20          # bytes read at a time (a single larger frame is read 
 
 def _u32(b: np.ndarray, at: np.ndarray, big: np.ndarray | bool) -> np.ndarray:
     """The 32-bit words at byte offsets ``at`` of ``b``, big-endian where ``big``."""
-    if isinstance(big, np.ndarray) and not big.any():
-        big = False
-    words = {}
-    for order in ((">",) if big is True else ("<",) if big is False else ("<", ">")):
-        view = np.ndarray((len(b) - 3,), dtype=order + "u4", buffer=b, strides=(1,))
-        words[order] = view[at].astype(np.uint32)
-    if len(words) == 1:
-        return next(iter(words.values()))
-    return np.where(big, words[">"], words["<"])
+    def words(order: str) -> np.ndarray:
+        return np.ndarray((len(b) - 3,), dtype=order + "u4", buffer=b, strides=(1,))[at]
+    if not np.any(big):
+        return words("<").astype(np.uint32)
+    if np.all(big):
+        return words(">").astype(np.uint32)
+    return np.where(big, words(">"), words("<")).astype(np.uint32)
 
 
 def _is_packet_block(btype: np.ndarray) -> np.ndarray:

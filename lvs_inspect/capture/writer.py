@@ -94,9 +94,7 @@ def _frame_bytes(frame) -> bytes | memoryview:
         return frame
     if isinstance(frame, memoryview) and frame.contiguous and frame.ndim == 1 and frame.itemsize == 1:
         return frame                    # written as it is: no copy first
-    if isinstance(frame, (bytearray, memoryview)):
-        return bytes(frame)
-    # dpkt packets and anything else with a bytes() form
+    # bytearray, other memoryviews, dpkt packets and anything else with a bytes() form
     return bytes(frame)
 
 

@@ -36,21 +36,16 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..capture import read_table
     from ..errors import InputError
-    from ..forwarder.replay import has_fullnat, replay
+    from ..forwarder.replay import read_options, replay
     from ..topology import load_topology
     from ..topology.infer import infer_topology
 
     for path in args.traces:
         if path == "-":
             raise InputError("-", "replay reads its traces twice: give a file, not standard input")
-    # no checksum verification while decoding: replay checks the checksums of the packets it
-    # transmits itself (the only ones that matter to it), and that is a fifth of the reading;
-    # no raw TCP option bytes, and no option columns when the topology has no FullNAT service
+    # decoded as replay() would read it (no checksum verification, TCP options only as needed)
     topo = load_topology(args.topology) if args.topology else None
-    kw = {**reader_kwargs(args), "checksums": False, "option_bytes": False}
-    if topo is not None:
-        kw["tcp_options"] = has_fullnat(topo)
-    table = read_table(args.traces, **kw)
+    table = read_table(args.traces, **{**reader_kwargs(args), **read_options(topo)})
     if topo is None:
         try:
             topo = infer_topology(table, source=" ".join(args.traces))

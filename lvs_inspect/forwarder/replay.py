@@ -186,7 +186,7 @@ class ExpectedFrames(SequenceABC):
         return (bytes(v) for v in self.views())
 
     def __eq__(self, other) -> bool:
-        if not isinstance(other, (SequenceABC, ExpectedFrames)) or isinstance(other, (str, bytes)):
+        if not isinstance(other, SequenceABC) or isinstance(other, (str, bytes)):
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other))
 
@@ -502,10 +502,17 @@ def _gather_frames(paths: Sequence[str], table: PacketTable, rows: np.ndarray,
     return buf, off, ln
 
 
-def has_fullnat(topo: Topology) -> bool:
-    """Whether a service of the topology has a FullNAT real server (the TCP option columns are
-    needed to replay it)."""
+def _has_fullnat(topo: Topology) -> bool:
     return any(rs.mode is Mode.FULLNAT for svc in topo.services for rs in svc.real_servers)
+
+
+def read_options(topo: Topology | None = None) -> dict:
+    """What replay needs decoded (``read_table`` keyword arguments): no checksum verification
+    (the inputs' checksums are checked by _batch_shapes, only theirs), no raw TCP option bytes,
+    and the option columns only where FullNAT needs them (stitching by TOA, the batch shapes:
+    client TOA, SACK blocks) — all of them while the topology is not known yet."""
+    return {"checksums": False, "option_bytes": False,
+            "tcp_options": topo is None or _has_fullnat(topo)}
 
 
 def _outer_source(rs_ip, ips) -> bytes | None:
@@ -554,11 +561,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     timings = {}
     t0 = clock()
     if table is None:
-        # the checksums that matter (the inputs') are checked by _batch_shapes
-        # and the TCP options only where FullNAT needs them (stitching by TOA, the batch
-        # shapes: client TOA, SACK blocks)
-        table = read_table(paths, **{"checksums": False, "tcp_options": has_fullnat(topo),
-                                     "option_bytes": False, **reader_kwargs})
+        table = read_table(paths, **{**read_options(topo), **reader_kwargs})
     t1 = clock()
     timings["read"] = t1 - t0
     if flows is None:
@@ -702,7 +705,7 @@ def _replay(traces, topology, *, table, flows, follow_trace, batch, **reader_kwa
     sport = table["sport"][rows].tolist()
     dport = table["dport"][rows].tolist()
     # sequence numbers and payload lengths: for FullNAT only (D1's ISN, the TOA decision)
-    if has_fullnat(topo):
+    if _has_fullnat(topo):
         seq = table["tcp_seq"][rows].tolist()
         ack = table["tcp_ack"][rows].tolist()
         plen = table["payload_len"][rows].tolist()
